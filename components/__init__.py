@@ -1,0 +1,1 @@
+"""Components and pure helpers of the gitops-bootstrap program."""

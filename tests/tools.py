@@ -1,0 +1,45 @@
+"""Locating external test tools and shared data; a missing tool skips locally and fails in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+VENV_BIN = Path(sys.executable).parent
+
+
+def in_ci() -> bool:
+    """True when running under CI, where every tool must be present."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(what: str) -> None:
+    """Skip the calling test on a laptop, fail it in CI."""
+    if in_ci():
+        pytest.fail(f"{what} is required when CI=true")
+    pytest.skip(f"{what} is not available")
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable from the venv, node_modules/.bin or PATH; skip or fail if absent."""
+    candidates = [
+        VENV_BIN / name,
+        REPO_ROOT / "node_modules" / ".bin" / name,
+    ]
+    extra = os.environ.get("GITOPS_TOOLS_BIN")
+    if extra:
+        candidates.insert(0, Path(extra) / name)
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    missing(f"the `{name}` tool")
+    raise AssertionError("unreachable")
