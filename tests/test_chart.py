@@ -1,0 +1,309 @@
+"""The starter chart lints, renders with real Helm, and follows an appVersion bump done by sed."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from components.chart import ChartSpec, render_chart
+from tests.tools import missing, require_tool
+
+KUBE_VERSION = "1.33"
+RELEASE = "webapp"
+NAMESPACE = "apps"
+
+SPECS = [
+    ChartSpec(name="webapp", image_repository="docker.io/acme/webapp"),
+    # Non-defaults everywhere, and a version that YAML would read as a float if it were unquoted.
+    ChartSpec(
+        name="shop-api",
+        image_repository="registry.example.com:5000/team/shop-api",
+        app_version="1.10",
+        container_port=9000,
+        replicas=3,
+        health_path="/healthz",
+    ),
+]
+
+# Things that must never be committed to a manifest repository.
+SECRET_PATTERNS = [
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\bdckr_pat_[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+    re.compile(r"(?i)\b(password|passwd|secret|token|api[_-]?key)\b\s*[:=]\s*\S+"),
+    re.compile(r'"auths"\s*:'),
+]
+
+
+def load(module: str) -> ModuleType:
+    """Import a test-only library; skip locally, fail in CI, when it is absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(f"the Python package `{module}`")
+        raise
+
+
+@pytest.fixture(scope="module")
+def helm() -> ModuleType:
+    return load("helm_python")
+
+
+@pytest.fixture(scope="module")
+def kubernetes_validate() -> ModuleType:
+    return load("kubernetes_validate")
+
+
+def write_chart(spec: ChartSpec, root: Path) -> Path:
+    chart_dir = root / spec.name
+    for rel, text in render_chart(spec).items():
+        path = chart_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return chart_dir
+
+
+def sed_bump(chart_dir: Path, tag: str) -> None:
+    """Rewrite appVersion the way the app pipeline's job does."""
+    sed = require_tool("sed")
+    subprocess.run(
+        [
+            sed,
+            "-i",
+            f's/^appVersion:.*/appVersion: "{tag}"/',
+            str(chart_dir / "Chart.yaml"),
+        ],
+        check=True,
+    )
+
+
+def render(
+    helm: ModuleType, chart_dir: Path, values: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(chart_dir))
+    try:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    finally:
+        chart.close()
+    objects = [
+        obj
+        for text in manifests.values()
+        for obj in yaml.safe_load_all(text)
+        if obj is not None
+    ]
+    assert objects, "the chart rendered no objects"
+    return objects
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    matches = [obj for obj in objects if obj["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+    return matches[0]
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def assert_valid_kubernetes(
+    kubernetes_validate: ModuleType, objects: list[dict[str, Any]]
+) -> None:
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(
+                f"{obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {KUBE_VERSION}: {err.message}"
+            )
+
+
+@pytest.fixture(params=SPECS, ids=lambda spec: spec.name)
+def spec(request: pytest.FixtureRequest) -> ChartSpec:
+    result: ChartSpec = request.param
+    return result
+
+
+@pytest.fixture
+def chart_dir(spec: ChartSpec, tmp_path: Path) -> Path:
+    return write_chart(spec, tmp_path)
+
+
+def test_chart_yaml_has_quoted_app_version_line(spec: ChartSpec) -> None:
+    text = render_chart(spec)["Chart.yaml"]
+    # Exactly one line, top level, double-quoted: the sed in CI depends on all three.
+    assert re.findall(r"^appVersion:.*$", text, re.MULTILINE) == [
+        f'appVersion: "{spec.app_version}"'
+    ]
+    meta = yaml.safe_load(text)
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == spec.name
+    assert meta["appVersion"] == spec.app_version
+    assert isinstance(meta["appVersion"], str)
+
+
+def test_values_leave_the_tag_to_app_version(spec: ChartSpec) -> None:
+    values = yaml.safe_load(render_chart(spec)["values.yaml"])
+    assert values["image"] == {
+        "repository": spec.image_repository,
+        "tag": "",
+        "pullPolicy": "IfNotPresent",
+    }
+    assert values["replicaCount"] == spec.replicas
+    assert values["containerPort"] == spec.container_port
+
+
+def test_helm_lint_is_clean(helm: ModuleType, chart_dir: Path) -> None:
+    report = helm.lint(str(chart_dir), strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    # Severity 2 and up are warnings and errors; info ("icon is recommended") is fine.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_rendered_objects_are_valid_kubernetes(
+    helm: ModuleType, kubernetes_validate: ModuleType, chart_dir: Path
+) -> None:
+    objects = render(helm, chart_dir)
+    assert sorted(obj["kind"] for obj in objects) == ["Deployment", "Service"]
+    assert_valid_kubernetes(kubernetes_validate, objects)
+
+
+def test_deployment_runs_the_spec(
+    helm: ModuleType, spec: ChartSpec, chart_dir: Path
+) -> None:
+    objects = render(helm, chart_dir)
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == spec.replicas
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == spec.name
+    assert labels["app.kubernetes.io/instance"] == RELEASE
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert labels["app.kubernetes.io/version"] == spec.app_version
+
+    main = container(objects)
+    assert main["image"] == f"{spec.image_repository}:{spec.app_version}"
+    assert main["ports"] == [
+        {"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}
+    ]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"] == {"path": spec.health_path, "port": "http"}, (
+            probe
+        )
+    requests = main["resources"]["requests"]
+    assert requests["cpu"] and requests["memory"]
+    assert main["resources"]["limits"]["memory"]
+
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_service_routes_to_the_pods(helm: ModuleType, chart_dir: Path) -> None:
+    objects = render(helm, chart_dir)
+    deployment = only(objects, "Deployment")
+    service = only(objects, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    port_names = {port["name"] for port in container(objects)["ports"]}
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    assert "http" in port_names
+
+
+@pytest.mark.parametrize("tag", ["1.2.3", "4f2a9c1e", "2.0"])
+def test_sed_bump_changes_the_image(
+    helm: ModuleType,
+    kubernetes_validate: ModuleType,
+    spec: ChartSpec,
+    chart_dir: Path,
+    tag: str,
+) -> None:
+    before = container(render(helm, chart_dir))["image"]
+    assert before == f"{spec.image_repository}:{spec.app_version}"
+
+    sed_bump(chart_dir, tag)
+
+    chart_yaml = (chart_dir / "Chart.yaml").read_text()
+    assert yaml.safe_load(chart_yaml)["appVersion"] == tag
+    assert helm.lint(str(chart_dir), strict=True)["errors"] == []
+    objects = render(helm, chart_dir)
+    assert_valid_kubernetes(kubernetes_validate, objects)
+    assert container(objects)["image"] == f"{spec.image_repository}:{tag}"
+    assert (
+        only(objects, "Deployment")["metadata"]["labels"]["app.kubernetes.io/version"]
+        == tag
+    )
+    # Nothing else in Chart.yaml moved.
+    original = render_chart(spec)["Chart.yaml"].splitlines()
+    changed = [
+        (a, b) for a, b in zip(original, chart_yaml.splitlines(), strict=True) if a != b
+    ]
+    assert changed == [(f'appVersion: "{spec.app_version}"', f'appVersion: "{tag}"')]
+
+
+def test_values_tag_overrides_app_version(
+    helm: ModuleType, spec: ChartSpec, chart_dir: Path
+) -> None:
+    objects = render(helm, chart_dir, {"image": {"tag": "pinned"}})
+    assert container(objects)["image"] == f"{spec.image_repository}:pinned"
+
+
+def test_no_secret_like_values(spec: ChartSpec) -> None:
+    for rel, text in render_chart(spec).items():
+        for pattern in SECRET_PATTERNS:
+            assert not pattern.search(text), f"{rel} matches {pattern.pattern}"
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "password: hunter2hunter2",
+        "-----BEGIN OPENSSH PRIVATE KEY-----",
+        "token = glpat-abcdefghijklmnopqrst",
+        '{"auths": {}}',
+    ],
+)
+def test_secret_patterns_catch_samples(sample: str) -> None:
+    assert any(pattern.search(sample) for pattern in SECRET_PATTERNS)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "Web_App"},
+        {"name": "9lives"},
+        {"name": "a" * 54},
+        {"image_repository": "docker.io/acme/webapp:1.0"},
+        {"image_repository": "docker.io/acme/webapp@sha256:abc"},
+        {"image_repository": "Docker.io/Acme/WebApp"},
+        {"app_version": "1.0/evil"},
+        {"app_version": 'x"y'},
+        {"app_version": ""},
+        {"container_port": 0},
+        {"container_port": 70000},
+        {"replicas": -1},
+        {"health_path": "healthz"},
+    ],
+)
+def test_spec_rejects_bad_input(changes: dict[str, Any]) -> None:
+    fields: dict[str, Any] = {
+        "name": "webapp",
+        "image_repository": "docker.io/acme/webapp",
+        **changes,
+    }
+    with pytest.raises(ValueError):
+        ChartSpec(**fields)
