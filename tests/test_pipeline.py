@@ -1,0 +1,874 @@
+"""The rendered app pipeline: schema, gitlab-ci-local, shellcheck, and real runs of its jobs.
+
+The manifest jobs run their own script lines against a loopback sshd serving a bare
+chart repository and a loopback HTTP server standing in for the GitLab MR API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import yaml
+
+from components.pipeline import (
+    BRANCH_PREFIX,
+    JOB_BUILD,
+    JOB_OPEN_MR,
+    JOB_UPDATE_MANIFEST,
+    JOBS,
+    MANIFEST_DOTENV,
+    SECRET_VARIABLES,
+    STAGES,
+    PipelineSpec,
+    job_scripts,
+    render_pipeline,
+)
+from tests.tools import missing, require_tool
+
+SSHD = "/usr/sbin/sshd"
+PROJECT_ID = "4242"
+GITLAB_TOKEN = "glpat-TestOnlyToken-9f3k2"
+DOCKERHUB_TOKEN = (
+    "dXNlcjpka2NyX3BhdF9UZXN0T25seS04ZDJq"  # base64("user:dckr_pat_TestOnly-8d2j")
+)
+CHART_SEED = """\
+apiVersion: v2
+name: webapp
+description: Test chart for the manifest repository
+type: application
+version: 0.1.0
+appVersion: "0.0.0"
+"""
+RUN_TIMEOUT = 120
+
+
+def make_spec(**overrides: Any) -> PipelineSpec:
+    values: dict[str, Any] = {
+        "image_repository": "docker.io/acme/webapp",
+        "manifest_ssh_url": "git@gitlab.com:acme/gitops-demo-chart.git",
+        "manifest_project_id": PROJECT_ID,
+        "bot_name": "Chart Bot",
+        "bot_email": "chart-bot@example.invalid",
+    }
+    values.update(overrides)
+    return PipelineSpec(**values)
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"git {' '.join(args)} failed: {result.stderr}"
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path) -> None:
+    check = require_tool("check-jsonschema")
+    ci_file = tmp_path / ".gitlab-ci.yml"
+    ci_file.write_text(render_pipeline(make_spec()))
+    result = subprocess.run(
+        [
+            check,
+            "--builtin-schema",
+            "vendor.gitlab-ci",
+            "--data-transform",
+            "gitlab-ci",
+            str(ci_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_document_shape() -> None:
+    document = yaml.safe_load(render_pipeline(make_spec()))
+    assert document["stages"] == list(STAGES)
+    variables = document["variables"]
+    assert variables["IMAGE_TAG"] == "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
+    assert variables["IMAGE_REPOSITORY"] == "docker.io/acme/webapp"
+    assert variables["MANIFEST_PROJECT_ID"] == PROJECT_ID
+    assert variables["MANIFEST_SSH_URL"] == "git@gitlab.com:acme/gitops-demo-chart.git"
+    assert variables["MANIFEST_DEFAULT_BRANCH"] == "main"
+    assert variables["CHART_FILE"] == "Chart.yaml"
+    assert not set(SECRET_VARIABLES) & set(variables)
+    for job in JOBS:
+        assert "only" not in document[job] and "except" not in document[job]
+        assert document[job]["rules"] == [
+            {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}
+        ]
+        assert set(SECRET_VARIABLES).isdisjoint(document[job].get("variables", {}))
+    build = document[JOB_BUILD]
+    assert build["image"]["entrypoint"] == [""]
+    assert re.fullmatch(
+        r"moby/buildkit:v\d+\.\d+\.\d+-rootless", build["image"]["name"]
+    )
+    assert build["variables"]["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
+    assert build["interruptible"] is True
+    for job in (JOB_UPDATE_MANIFEST, JOB_OPEN_MR):
+        assert re.fullmatch(r"alpine:\d+\.\d+\.\d+", document[job]["image"])
+        assert document[job]["retry"]["max"] >= 1
+
+
+def test_no_secret_in_rendered_file() -> None:
+    text = render_pipeline(make_spec())
+    for secret in (
+        GITLAB_TOKEN,
+        DOCKERHUB_TOKEN,
+        "BEGIN OPENSSH PRIVATE KEY",
+        "glpat-",
+        "dckr_pat",
+    ):
+        assert secret not in text
+    # Secrets are only referenced, and never handed to echo or to a traced shell.
+    for job, lines in job_scripts(make_spec()).items():
+        for line in lines:
+            assert "set -x" not in line, (job, line)
+            for name in SECRET_VARIABLES:
+                if name in line:
+                    assert not re.search(r"\becho\b[^;|]*\$\{?" + name, line), (
+                        job,
+                        line,
+                    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"image_repository": "docker.io/acme/webapp:latest"},
+        {"image_repository": ""},
+        {"manifest_ssh_url": "https://gitlab.com/acme/chart.git"},
+        {"manifest_project_id": "12 34"},
+        {"bot_email": "nobody"},
+        {"network_retries": 0},
+    ],
+)
+def test_spec_rejects_bad_values(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        make_spec(**overrides)
+
+
+def test_spec_accepts_both_ssh_url_forms() -> None:
+    for url in (
+        "git@gitlab.com:acme/gitops-demo-chart.git",
+        "ssh://git@gitlab.example.com:2222/acme/chart.git",
+    ):
+        assert (
+            yaml.safe_load(render_pipeline(make_spec(manifest_ssh_url=url)))[
+                "variables"
+            ]["MANIFEST_SSH_URL"]
+            == url
+        )
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_job_script_passes_shellcheck(job: str, tmp_path: Path) -> None:
+    shellcheck = require_tool("shellcheck")
+    script = tmp_path / f"{job}.sh"
+    # A runner stops at the first failing line, as `set -e` does.
+    script.write_text("set -e\n" + "\n".join(job_scripts(make_spec())[job]) + "\n")
+    result = subprocess.run(
+        [shellcheck, "-s", "sh", "-S", "style", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- gitlab-ci-local
+
+
+def _gitlab_ci_local(cwd: Path, home: Path, *args: str) -> str:
+    tool = require_tool("gitlab-ci-local")
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("CI", None)  # gitlab-ci-local must treat the temp dir as a local checkout
+    result = subprocess.run(
+        [tool, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def ci_checkout(tmp_path: Path) -> Path:
+    checkout = tmp_path / "app"
+    checkout.mkdir()
+    (checkout / ".gitlab-ci.yml").write_text(render_pipeline(make_spec()))
+    git("init", "-q", "-b", "main", cwd=checkout)
+    git("add", ".gitlab-ci.yml", cwd=checkout)
+    git(
+        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
+        "commit", "-q", "-m", "Add pipeline",
+        cwd=checkout,
+    )  # fmt: skip
+    return checkout
+
+
+def test_gitlab_ci_local_lists_jobs_in_stage_order(
+    ci_checkout: Path, tmp_path: Path
+) -> None:
+    out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
+    rows = [line.split(";") for line in out.strip().splitlines()]
+    header, jobs = rows[0], rows[1:]
+    name_col, stage_col, when_col = (
+        header.index("name"),
+        header.index("stage"),
+        header.index("when"),
+    )
+    assert [(row[name_col], row[stage_col]) for row in jobs] == list(
+        zip(JOBS, STAGES, strict=True)
+    )
+    assert all(row[when_col] == "on_success" for row in jobs)
+
+    listed = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list")
+    positions = [listed.index(job) for job in JOBS]
+    assert positions == sorted(positions)
+
+
+def test_gitlab_ci_local_skips_jobs_off_default_branch(
+    ci_checkout: Path, tmp_path: Path
+) -> None:
+    git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
+    out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
+    assert out.strip().splitlines()[1:] == []
+    everything = json.loads(
+        _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json")
+    )
+    assert {job["name"]: job["when"] for job in everything} == dict.fromkeys(
+        JOBS, "never"
+    )
+
+
+def test_gitlab_ci_local_preview_keeps_stages_and_jobs(
+    ci_checkout: Path, tmp_path: Path
+) -> None:
+    preview = yaml.safe_load(
+        _gitlab_ci_local(ci_checkout, tmp_path / "home", "--preview")
+    )
+    stages = [stage for stage in preview["stages"] if not stage.startswith(".")]
+    assert stages == list(STAGES)
+    for job, stage in zip(JOBS, STAGES, strict=True):
+        assert preview[job]["stage"] == stage
+    assert preview[JOB_OPEN_MR]["needs"][0]["job"] == JOB_UPDATE_MANIFEST
+
+
+# --------------------------------------------------------------------------- loopback services
+
+
+@dataclass
+class SshServer:
+    port: int
+    client_key: Path
+    known_hosts: Path
+    wrong_known_hosts: Path
+    log: Path
+
+    def url(self, repo: Path) -> str:
+        return f"ssh://{os.environ.get('USER') or _login_name()}@127.0.0.1:{self.port}{repo}"
+
+
+def _login_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _keygen(path: Path, comment: str) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    return path.with_suffix(".pub").read_text().split()[1]
+
+
+def _wait_for_banner(
+    port: int, process: subprocess.Popen[bytes], deadline: float
+) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(64).startswith(b"SSH-2.0"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("sshd did not answer in time")
+
+
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    if not os.access(SSHD, os.X_OK):
+        missing("OpenSSH server (/usr/sbin/sshd)")
+    for tool in ("ssh", "ssh-keygen", "git"):
+        require_tool(tool)
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    except PermissionError:
+        missing("a writable /run/sshd (run as root)")
+    base = tmp_path_factory.mktemp("sshd")
+    host_pub = _keygen(base / "host_ed25519", "test-host")
+    wrong_pub = _keygen(base / "wrong_host_ed25519", "wrong-host")
+    _keygen(base / "client_ed25519", "test-client")
+    authorized = base / "authorized_keys"
+    shutil.copy(base / "client_ed25519.pub", authorized)
+    port = free_port()
+    known = base / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} ssh-ed25519 {host_pub}\n")
+    wrong = base / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{port} ssh-ed25519 {wrong_pub}\n")
+    config = base / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {base / 'host_ed25519'}",
+                f"PidFile {base / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized}",
+                "UsePAM no",
+                "StrictModes no",
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
+    log = base / "sshd.log"
+    with log.open("wb") as log_handle:
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_banner(port, process, time.monotonic() + 15)
+        yield SshServer(port, base / "client_ed25519", known, wrong, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    form: dict[str, str]
+
+
+@dataclass
+class FakeMergeRequestApi:
+    """Answers POST /projects/:id/merge_requests like GitLab: 201, then 409 for an open one."""
+
+    base_url: str = ""
+    requests: list[RecordedRequest] = field(default_factory=list)
+    open_source_branches: set[str] = field(default_factory=set)
+    forced_status: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            raw = self.rfile.read(length).decode()
+            if self.headers.get("Content-Type", "").startswith("application/json"):
+                form = {k: str(v) for k, v in json.loads(raw).items()}
+            else:
+                form = {
+                    k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()
+                }
+            request = RecordedRequest(
+                "POST", self.path, dict(self.headers.items()), form
+            )
+            with api.lock:
+                api.requests.append(request)
+                if api.forced_status is not None:
+                    self._answer(api.forced_status, {"message": "forced failure"})
+                    return
+                match = re.fullmatch(
+                    r"/api/v4/projects/([^/]+)/merge_requests", self.path
+                )
+                if not match:
+                    self._answer(404, {"message": "404 Not Found"})
+                    return
+                if self.headers.get("PRIVATE-TOKEN") != GITLAB_TOKEN:
+                    self._answer(401, {"message": "401 Unauthorized"})
+                    return
+                if not form.get("source_branch") or not form.get("target_branch"):
+                    self._answer(
+                        400, {"message": "source_branch and target_branch required"}
+                    )
+                    return
+                if form["source_branch"] in api.open_source_branches:
+                    self._answer(
+                        409,
+                        {
+                            "message": [
+                                "Another open merge request already exists for this source branch"
+                            ]
+                        },
+                    )
+                    return
+                api.open_source_branches.add(form["source_branch"])
+                self._answer(
+                    201, {"iid": len(api.open_source_branches), "state": "opened"}
+                )
+
+    return Handler
+
+
+@pytest.fixture
+def mr_api() -> Iterator[FakeMergeRequestApi]:
+    api = FakeMergeRequestApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(api))
+    server.timeout = 5
+    api.base_url = f"http://127.0.0.1:{server.server_address[1]}/api/v4"
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    try:
+        yield api
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- running jobs
+
+
+@dataclass
+class Manifest:
+    bare: Path
+    head: str
+
+
+def seed_manifest(root: Path, chart: str = CHART_SEED) -> Manifest:
+    bare = root / "chart.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    work = root / "seed"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "Chart.yaml").write_text(chart)
+    (work / "values.yaml").write_text("replicaCount: 1\n")
+    git("add", ".", cwd=work)
+    git(
+        "-c", "user.name=Seeder", "-c", "user.email=seed@example.invalid",
+        "commit", "-q", "-m", "Seed chart",
+        cwd=work,
+    )  # fmt: skip
+    git("push", "-q", str(bare), "main:main", cwd=work)
+    return Manifest(bare, git("--git-dir", str(bare), "rev-parse", "main").strip())
+
+
+def refs(bare: Path) -> dict[str, str]:
+    out = git(
+        "--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)"
+    )
+    return dict(line.split(" ", 1) for line in out.splitlines())
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    # GitLab expands $VAR / ${VAR} references in `variables:` before the job starts.
+    return re.sub(
+        r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), value
+    )
+
+
+@dataclass
+class JobRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Runner:
+    """Executes a job's own script lines the way a shell runner does, with its variables."""
+
+    spec: PipelineSpec
+    project_dir: Path
+    home: Path
+    secrets: dict[str, str]
+    predefined: dict[str, str]
+    overrides: dict[str, str] = field(default_factory=dict)
+    path_prefix: list[str] = field(default_factory=list)
+    never_printed: list[str] = field(default_factory=list)
+
+    def env_for(self, job: str) -> dict[str, str]:
+        document = yaml.safe_load(render_pipeline(self.spec))
+        env = {
+            "PATH": os.pathsep.join(
+                [*self.path_prefix, os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
+            "HOME": str(self.home),
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(self.home),
+            **self.predefined,
+            "CI_PROJECT_DIR": str(self.project_dir),
+        }
+        for source in (document["variables"], document[job].get("variables", {})):
+            for key, value in source.items():
+                env[key] = _expand(str(value), env)
+        dotenv = self.project_dir / MANIFEST_DOTENV
+        if job == JOB_OPEN_MR and dotenv.exists():
+            for line in dotenv.read_text().splitlines():
+                key, _, value = line.partition("=")
+                env[key] = value
+        env.update(self.secrets)
+        env.update(self.overrides)
+        return env
+
+    def run(self, job: str) -> JobRun:
+        script = "\n".join(job_scripts(self.spec)[job]) + "\n"
+        result = subprocess.run(
+            ["sh", "-e", "-c", script],
+            cwd=self.project_dir,
+            env=self.env_for(job),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        run = JobRun(result.returncode, result.stdout, result.stderr)
+        for secret in (GITLAB_TOKEN, DOCKERHUB_TOKEN, *self.never_printed):
+            assert secret not in run.stdout + run.stderr, f"{job} printed a secret"
+        return run
+
+
+@pytest.fixture
+def runner_factory(
+    tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi
+) -> Iterator[Any]:
+    require_tool("curl")
+    counter = iter(range(1, 1000))
+
+    def make(
+        manifest: Manifest, short_sha: str, known_hosts: Path | None = None
+    ) -> Runner:
+        index = next(counter)
+        project = tmp_path / f"project-{index}"
+        home = tmp_path / f"home-{index}"
+        project.mkdir()
+        home.mkdir()
+        # File variables: the job receives paths; GitLab's files end in a newline.
+        key_file = tmp_path / f"SSH_PRIVATE_KEY-{index}"
+        key_material = ssh_server.client_key.read_text()
+        key_file.write_text(
+            key_material if key_material.endswith("\n") else key_material + "\n"
+        )
+        key_file.chmod(
+            0o644
+        )  # as a runner writes it; the job must tighten its own copy
+        hosts_file = tmp_path / f"SSH_KNOWN_HOSTS-{index}"
+        shutil.copy(known_hosts or ssh_server.known_hosts, hosts_file)
+        spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare))
+        return Runner(
+            spec=spec,
+            project_dir=project,
+            home=home,
+            secrets={
+                "SSH_PRIVATE_KEY": str(key_file),
+                "SSH_KNOWN_HOSTS": str(hosts_file),
+                "GITLAB_PRIVATE_TOKEN": GITLAB_TOKEN,
+                "DOCKERHUB_TOKEN": DOCKERHUB_TOKEN,
+            },
+            predefined={
+                "CI": "true",
+                "GITLAB_CI": "true",
+                "CI_COMMIT_BRANCH": "main",
+                "CI_DEFAULT_BRANCH": "main",
+                "CI_COMMIT_REF_NAME": "main",
+                "CI_COMMIT_REF_SLUG": "main",
+                "CI_COMMIT_SHORT_SHA": short_sha,
+                "CI_COMMIT_SHA": short_sha + "0" * (40 - len(short_sha)),
+                "CI_API_V4_URL": mr_api.base_url,
+            },
+            # Keep the retry loop bounded but quick under test.
+            overrides={"RETRY_DELAY": "0"},
+            never_printed=[
+                line for line in key_material.splitlines()[1:-1] if len(line) > 20
+            ],
+        )
+
+    yield make
+
+
+def chart_at(bare: Path, ref: str) -> dict[str, Any]:
+    return yaml.safe_load(git("--git-dir", str(bare), "show", f"{ref}:Chart.yaml"))
+
+
+def test_update_manifest_and_open_mr_end_to_end(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    runner: Runner = runner_factory(manifest, "a1b2c3d4")
+    tag = "main-a1b2c3d4"
+    branch = f"{BRANCH_PREFIX}{tag}"
+
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    after_first = refs(manifest.bare)
+    assert set(after_first) == {"refs/heads/main", f"refs/heads/{branch}"}
+    assert after_first["refs/heads/main"] == manifest.head
+    chart = chart_at(manifest.bare, branch)
+    assert chart["appVersion"] == tag
+    assert {k: v for k, v in chart.items() if k != "appVersion"} == {
+        k: v for k, v in yaml.safe_load(CHART_SEED).items() if k != "appVersion"
+    }
+    # One bot commit straight on top of the default branch.
+    log = git(
+        "--git-dir", str(manifest.bare), "log", "--format=%P|%an|%ae", f"main..{branch}"
+    )
+    assert log.strip().splitlines() == [
+        f"{manifest.head}|Chart Bot|chart-bot@example.invalid"
+    ]
+    assert (
+        runner.project_dir / MANIFEST_DOTENV
+    ).read_text() == "MANIFEST_MR_NEEDED=true\n"
+
+    open_mr = runner.run(JOB_OPEN_MR)
+    assert open_mr.returncode == 0, open_mr.stderr
+    assert len(mr_api.requests) == 1
+    request = mr_api.requests[0]
+    assert request.path == f"/api/v4/projects/{PROJECT_ID}/merge_requests"
+    assert request.headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
+    assert request.form["source_branch"] == branch
+    assert request.form["target_branch"] == "main"
+    assert tag in request.form["title"]
+    assert request.form["remove_source_branch"] == "true"
+
+    # A re-run of both jobs for the same tag succeeds and changes nothing.
+    assert runner.run(JOB_UPDATE_MANIFEST).returncode == 0
+    assert refs(manifest.bare) == after_first
+    rerun_mr = runner.run(JOB_OPEN_MR)
+    assert rerun_mr.returncode == 0, rerun_mr.stderr
+    assert len(mr_api.requests) == 2
+    assert mr_api.requests[1].form["source_branch"] == branch
+    assert mr_api.open_source_branches == {branch}
+    assert "already open" in rerun_mr.stdout
+
+
+def test_ssh_key_file_is_copied_with_tight_mode(
+    tmp_path: Path, runner_factory: Any
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    runner: Runner = runner_factory(manifest, "0badcafe")
+    key_path = Path(runner.secrets["SSH_PRIVATE_KEY"])
+    assert runner.run(JOB_UPDATE_MANIFEST).returncode == 0
+    # The runner's file is left as given; ssh accepted the job's own 0400 copy.
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o644
+    assert f"refs/heads/{BRANCH_PREFIX}main-0badcafe" in refs(manifest.bare)
+
+
+def test_wrong_host_key_fails_and_pushes_nothing(
+    tmp_path: Path,
+    runner_factory: Any,
+    ssh_server: SshServer,
+    mr_api: FakeMergeRequestApi,
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    before = refs(manifest.bare)
+    runner: Runner = runner_factory(
+        manifest, "deadbeef", known_hosts=ssh_server.wrong_known_hosts
+    )
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode != 0
+    assert "Host key verification failed" in update.stderr
+    assert refs(manifest.bare) == before
+    assert mr_api.requests == []
+
+
+def test_stale_branch_for_same_tag_is_replaced(
+    tmp_path: Path, runner_factory: Any
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    tag = "main-5ca1ab1e"
+    branch = f"{BRANCH_PREFIX}{tag}"
+    # Someone left the bot branch pointing at the unchanged chart.
+    git("--git-dir", str(manifest.bare), "branch", branch, "main")
+    runner: Runner = runner_factory(manifest, "5ca1ab1e")
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    assert chart_at(manifest.bare, branch)["appVersion"] == tag
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'appVersion: "main-feedf00d"',
+        "appVersion: main-feedf00d",
+        "appVersion: 'main-feedf00d'  # set by CI",
+    ],
+)
+def test_default_branch_already_at_tag_needs_no_branch_or_mr(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, line: str
+) -> None:
+    manifest = seed_manifest(tmp_path, CHART_SEED.replace('appVersion: "0.0.0"', line))
+    runner: Runner = runner_factory(manifest, "feedf00d")
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    assert set(refs(manifest.bare)) == {"refs/heads/main"}
+    assert (
+        runner.project_dir / MANIFEST_DOTENV
+    ).read_text() == "MANIFEST_MR_NEEDED=false\n"
+    open_mr = runner.run(JOB_OPEN_MR)
+    assert open_mr.returncode == 0, open_mr.stderr
+    assert mr_api.requests == []
+
+
+def test_chart_without_app_version_gets_one(
+    tmp_path: Path, runner_factory: Any
+) -> None:
+    manifest = seed_manifest(tmp_path, CHART_SEED.replace('appVersion: "0.0.0"\n', ""))
+    runner: Runner = runner_factory(manifest, "c0ffee00")
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    assert (
+        chart_at(manifest.bare, f"{BRANCH_PREFIX}main-c0ffee00")["appVersion"]
+        == "main-c0ffee00"
+    )
+
+
+@pytest.mark.parametrize("status", [400, 403, 422, 500])
+def test_open_mr_fails_on_other_statuses(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, status: int
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    runner: Runner = runner_factory(manifest, "abad1dea")
+    mr_api.forced_status = status
+    runner.overrides["CI_API_V4_URL"] = mr_api.base_url
+    started = time.monotonic()
+    open_mr = runner.run(JOB_OPEN_MR)
+    assert open_mr.returncode != 0
+    assert f"HTTP {status}" in open_mr.stderr
+    assert mr_api.requests, "the job never reached the API"
+    assert time.monotonic() - started < RUN_TIMEOUT
+
+
+def test_open_mr_rejected_token_fails(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    runner: Runner = runner_factory(manifest, "7e57c0de")
+    runner.secrets["GITLAB_PRIVATE_TOKEN"] = "glpat-not-the-right-one"
+    open_mr = runner.run(JOB_OPEN_MR)
+    assert open_mr.returncode != 0
+    assert "HTTP 401" in open_mr.stderr
+    assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == "glpat-not-the-right-one"
+
+
+# --------------------------------------------------------------------------- build job
+
+
+def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> None:
+    """Runs the build script with a recording stand-in for buildctl-daemonless.sh."""
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    record = tmp_path / "buildctl-args"
+    config_copy = tmp_path / "config-copy.json"
+    stub = stub_dir / "buildctl-daemonless.sh"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > "{record}"\n'
+        f'cp "$HOME/.docker/config.json" "{config_copy}"\n'
+        f'stat -c %a "$HOME/.docker/config.json" > "{record}.mode"\n'
+    )
+    stub.chmod(0o755)
+    project = tmp_path / "project"
+    home = tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    runner = Runner(
+        spec=make_spec(),
+        project_dir=project,
+        home=home,
+        secrets={"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN},
+        predefined={"CI_COMMIT_REF_SLUG": "main", "CI_COMMIT_SHORT_SHA": "1234abcd"},
+        path_prefix=[str(stub_dir)],
+    )
+    assert (
+        runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"]
+        == "--oci-worker-no-process-sandbox"
+    )
+    build = runner.run(JOB_BUILD)
+    assert build.returncode == 0, build.stderr
+    config = json.loads(config_copy.read_text())
+    assert config == {
+        "auths": {"https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN}}
+    }
+    assert Path(f"{record}.mode").read_text().strip() == "600"
+    args = record.read_text().splitlines()
+    assert args[:2] == ["build", "--frontend"] and args[2] == "dockerfile.v0"
+    pairs = list(zip(args[1::2], args[2::2], strict=False))
+    assert ("--local", "context=.") in pairs and ("--local", "dockerfile=.") in pairs
+    assert (
+        "--output",
+        "type=image,name=docker.io/acme/webapp:main-1234abcd,push=true",
+    ) in pairs
+    export = dict(pairs)["--export-cache"]
+    assert export.startswith("type=registry,ref=docker.io/acme/webapp:buildcache")
+    assert (
+        dict(pairs)["--import-cache"]
+        == "type=registry,ref=docker.io/acme/webapp:buildcache"
+    )
