@@ -1,0 +1,126 @@
+"""gitops-bootstrap: Argo CD, the app and manifest projects on GitLab, and the pipeline between them."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import manifest_source
+from components.app import AppDeployment, AppDeploymentArgs
+from components.argocd import ArgoCd, ArgoCdArgs
+from components.argocd_manifest import Overlays, prepare_objects
+from components.credentials import Credentials, CredentialsArgs
+from components.gitlab_access import AccessArgs, GitLabAccess
+from components.gitlab_content import BranchProtections, RepositoryContent, RepositoryContentArgs
+from components.gitlab_projects import GitLabProjects
+from components.settings import KEYS, Settings, SettingsError, parse_settings
+
+
+def read_settings() -> Settings:
+    """Read every declared config key once and validate them together."""
+    config = pulumi.Config()
+    raw = {key.name: config.get(key.name) for key in KEYS}
+    try:
+        return parse_settings(raw, pulumi.get_stack())
+    except SettingsError as exc:
+        # Raised before any resource is registered, so a bad key changes nothing.
+        raise pulumi.RunError(str(exc)) from None
+
+
+settings = read_settings()
+argocd_settings = settings.argocd
+try:
+    upstream = manifest_source.load_manifest(argocd_settings.manifest_source, argocd_settings.manifest_sha256)
+except manifest_source.ManifestError as exc:
+    raise pulumi.RunError(str(exc)) from None
+webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
+
+# One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
+# than the 256 KiB last-applied annotation that client-side apply writes).
+kubernetes = k8s.Provider(
+    "k8s",
+    enable_server_side_apply=True,
+    context=settings.kube_context,
+)
+k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
+
+credentials = Credentials(
+    "credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None)
+)
+projects = GitLabProjects("gitlab", settings.gitlab)
+content = RepositoryContent(
+    "repository-content",
+    RepositoryContentArgs(settings=settings, app=projects.app, manifest=projects.manifest),
+)
+BranchProtections("branch-protection", projects.app, projects.manifest, after=content.files)
+access = GitLabAccess(
+    "access",
+    AccessArgs(
+        stack=settings.stack,
+        app=projects.app,
+        manifest=projects.manifest,
+        argocd_public_key=credentials.argocd_public_key,
+        ci_public_key=credentials.ci_public_key,
+        ci_private_key=credentials.ci_private_key,
+        dockerhub_user=settings.registry.user,
+        dockerhub_token=pulumi.Output.secret(settings.registry.token.reveal()),
+        known_hosts=settings.gitlab.ssh_known_hosts,
+        hide_variables=settings.gitlab.hide_ci_variables,
+        token_expiry_days=settings.gitlab.token_expiry_days,
+        token_rotate_before_days=settings.gitlab.token_rotate_before_days,
+        epoch=settings.credentials_epoch,
+        webhook_url=webhook_url,
+        webhook_secret=credentials.webhook_secret,
+    ),
+)
+
+argocd = ArgoCd(
+    "argocd",
+    ArgoCdArgs(
+        namespace=argocd_settings.namespace,
+        version=argocd_settings.version,
+        objects=prepare_objects(
+            upstream,
+            argocd_settings.namespace,
+            Overlays(
+                reconciliation_timeout=argocd_settings.reconciliation_timeout,
+                external_url=argocd_settings.external_url,
+                extra_known_hosts=settings.gitlab.ssh_known_hosts,
+            ),
+        ),
+        read_admin_password=argocd_settings.read_admin_password,
+        webhook_secret=credentials.webhook_secret,
+    ),
+    opts=k8s_opts,
+)
+app = AppDeployment(
+    "app",
+    AppDeploymentArgs(
+        name=settings.app.name,
+        namespace=settings.app.namespace,
+        argocd_namespace=argocd_settings.namespace,
+        repo_url=projects.manifest.ssh_url,
+        repo_private_key=credentials.argocd_private_key,
+        chart_path=settings.app.chart_path,
+        target_revision=projects.manifest.default_branch,
+        argocd=argocd,
+        repo_key_registered=[access.argocd_deploy_key],
+    ),
+    opts=k8s_opts,
+)
+
+pulumi.export("argocdNamespace", argocd.namespace)
+pulumi.export("argocdVersion", argocd_settings.version)
+if argocd.admin_password is not None:
+    pulumi.export("argocdAdminPassword", argocd.admin_password)
+pulumi.export("argocdPortForward", argocd.port_forward_command)
+pulumi.export("argocdUrl", argocd_settings.external_url or "https://localhost:8080")
+pulumi.export("appNamespace", app.namespace)
+pulumi.export("argocdDeployPublicKey", credentials.argocd_public_key)
+pulumi.export("ciDeployPublicKey", credentials.ci_public_key)
+for prefix, project in (("app", projects.app), ("manifest", projects.manifest)):
+    pulumi.export(f"{prefix}ProjectId", project.id)
+    pulumi.export(f"{prefix}ProjectWebUrl", project.web_url)
+    pulumi.export(f"{prefix}ProjectSshUrl", project.ssh_url)
+if webhook_url:
+    pulumi.export("webhookUrl", webhook_url)

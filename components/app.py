@@ -1,0 +1,109 @@
+"""The application side in the cluster: its namespace, the repo credentials and the Application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_kubernetes.apiextensions import CustomResource
+
+REPO_SECRET_LABEL = "argocd.argoproj.io/secret-type"
+APP_FINALIZER = "resources-finalizer.argocd.argoproj.io"
+IN_CLUSTER = "https://kubernetes.default.svc"
+
+
+def application_spec(
+    repo_url: str, path: str, revision: str, namespace: str, project: str = "default"
+) -> dict[str, Any]:
+    """The Application's spec: follow ``revision`` of the chart and keep the cluster in sync."""
+    return {
+        "project": project,
+        "source": {"repoURL": repo_url, "path": path, "targetRevision": revision},
+        "destination": {"server": IN_CLUSTER, "namespace": namespace},
+        "syncPolicy": {
+            "automated": {"prune": True, "selfHeal": True},
+            "syncOptions": ["CreateNamespace=false"],
+            "retry": {"limit": 5, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "3m"}},
+        },
+    }
+
+
+def with_git_suffix(url: str) -> str:
+    """``url`` ending in ``.git``: Argo CD does not follow GitLab's redirect without it."""
+    return url if url.endswith(".git") else f"{url}.git"
+
+
+@dataclass(frozen=True)
+class AppDeploymentArgs:
+    """Where the app runs and which repository Argo CD pulls it from."""
+
+    name: str
+    namespace: str
+    argocd_namespace: str
+    repo_url: pulumi.Input[str]
+    repo_private_key: pulumi.Input[str]
+    chart_path: str
+    target_revision: str
+    # Resources the Application must outlive on destroy and follow on create.
+    argocd: pulumi.Resource
+    # Resources the repository secret must wait for (the deploy key it authenticates with).
+    repo_key_registered: list[pulumi.Resource] = field(default_factory=list)
+
+
+class AppDeployment(pulumi.ComponentResource):
+    """App namespace, repository secret and Argo CD Application."""
+
+    def __init__(self, name: str, args: AppDeploymentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:argocd:AppDeployment", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        namespace = k8s.core.v1.Namespace(
+            "app-namespace",
+            metadata={"name": args.namespace, "labels": {"app.kubernetes.io/managed-by": "argocd"}},
+            opts=child,
+        )
+        repo_url = pulumi.Output.from_input(args.repo_url).apply(with_git_suffix)
+        repo_secret = k8s.core.v1.Secret(
+            "manifest-repo",
+            metadata={
+                "name": f"repo-{args.name}",
+                "namespace": args.argocd_namespace,
+                "labels": {REPO_SECRET_LABEL: "repository"},
+            },
+            type="Opaque",
+            string_data={
+                "type": "git",
+                "name": args.name,
+                "project": "default",
+                "url": repo_url,
+                "sshPrivateKey": pulumi.Output.secret(args.repo_private_key),
+            },
+            # Needs Argo CD's namespace; waits for the deploy key so that, when the key is
+            # rotated, Argo CD switches only once GitLab accepts the new key.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, *args.repo_key_registered])),
+        )
+        application = CustomResource(
+            "application",
+            api_version="argoproj.io/v1alpha1",
+            kind="Application",
+            metadata={
+                "name": args.name,
+                "namespace": args.argocd_namespace,
+                # The controller deletes what the Application deployed before the
+                # Application itself goes, so destroy leaves no workloads behind.
+                "finalizers": [APP_FINALIZER],
+            },
+            spec=repo_url.apply(
+                lambda url: application_spec(url, args.chart_path, args.target_revision, args.namespace)
+            ),
+            # Depending on the whole Argo CD install (its CRDs and ready workloads) and the app
+            # namespace makes destroy delete the Application first, while the controller that
+            # honours its finalizer still runs and before its namespace disappears.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret])),
+        )
+        self.namespace = namespace.metadata.name
+        self.application_name = application.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.repo_url = repo_url
+        self.register_outputs({"namespace": self.namespace, "repoUrl": repo_url})

@@ -1,0 +1,104 @@
+"""Argo CD installed from its verified upstream manifest."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.argocd_manifest import WORKLOAD_KINDS, is_namespaced, order_for_apply
+from components.kube import register_object
+
+ADMIN_SECRET = "argocd-initial-admin-secret"
+WEBHOOK_SECRET_KEY = "webhook.gitlab.secret"
+
+
+@dataclass(frozen=True)
+class ArgoCdArgs:
+    """What to install: prepared upstream objects for one version into one namespace."""
+
+    namespace: str
+    version: str
+    objects: list[dict[str, Any]]
+    read_admin_password: bool = True
+    webhook_secret: pulumi.Input[str] | None = None
+
+
+class ArgoCd(pulumi.ComponentResource):
+    """The Argo CD namespace and every upstream object, applied server-side in a safe order."""
+
+    namespace: pulumi.Output[str]
+    server: pulumi.CustomResource
+    admin_password: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: ArgoCdArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:argocd:ArgoCd", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        ns = k8s.core.v1.Namespace(
+            "argocd-namespace",
+            metadata={"name": args.namespace, "labels": {"app.kubernetes.io/part-of": "argocd"}},
+            opts=child,
+        )
+        self.namespace = ns.metadata.name
+
+        crds: list[pulumi.Resource] = []
+        config: list[pulumi.Resource] = []
+        workloads: dict[str, pulumi.CustomResource] = {}
+        for obj in order_for_apply(args.objects):
+            obj = self._with_webhook_secret(obj, args.webhook_secret)
+            kind, obj_name = obj["kind"], obj["metadata"]["name"]
+            if kind == "CustomResourceDefinition":
+                # CRDs depend on the namespace only so that destroy removes them before it.
+                deps: list[pulumi.Resource] = [ns]
+            elif kind in WORKLOAD_KINDS:
+                # Workloads come after their config and RBAC, and are deleted before them.
+                deps = [ns, *crds, *config]
+            else:
+                # Everything else after the CRDs, so destroy deletes the CRDs after them.
+                deps = [ns, *crds] if is_namespaced(obj) else list(crds)
+            resource = register_object(obj_name, obj, child.merge(pulumi.ResourceOptions(depends_on=deps)))
+            if kind == "CustomResourceDefinition":
+                crds.append(resource)
+            elif kind in WORKLOAD_KINDS:
+                workloads[obj_name] = resource
+            else:
+                config.append(resource)
+
+        self.server = workloads["argocd-server"]
+        self.admin_password = self._read_admin_password(args.namespace) if args.read_admin_password else None
+        self.port_forward_command = f"kubectl port-forward svc/argocd-server -n {args.namespace} 8080:443"
+        self.version = args.version
+
+        outputs: dict[str, Any] = {"namespace": self.namespace, "version": args.version}
+        if self.admin_password is not None:
+            outputs["adminPassword"] = self.admin_password
+        self.register_outputs(outputs)
+
+    @staticmethod
+    def _with_webhook_secret(obj: dict[str, Any], secret: pulumi.Input[str] | None) -> dict[str, Any]:
+        if secret is None or obj["kind"] != "Secret" or obj["metadata"]["name"] != "argocd-secret":
+            return obj
+        # Only this key is sent; server-side apply leaves the keys argocd-server writes
+        # itself (server.secretkey) to their own field manager, so they survive updates.
+        data = pulumi.Output.secret(secret).apply(
+            lambda s: {WEBHOOK_SECRET_KEY: base64.b64encode(s.encode()).decode()}
+        )
+        return {**obj, "data": data}
+
+    def _read_admin_password(self, namespace: str) -> pulumi.Output[str]:
+        # argocd-server creates this Secret at start-up, so it is read only once the server
+        # Deployment is ready. The id is derived from the Deployment's output so that a
+        # preview of a new stack, where the Secret cannot exist yet, skips the read.
+        secret_id = self.server.id.apply(lambda _: f"{namespace}/{ADMIN_SECRET}")
+        secret = k8s.core.v1.Secret.get(
+            "argocd-initial-admin-secret",
+            secret_id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.server]),
+        )
+        return pulumi.Output.secret(
+            secret.data.apply(lambda d: base64.b64decode((d or {}).get("password", "")).decode())
+        )

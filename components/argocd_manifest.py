@@ -1,0 +1,97 @@
+"""Data transforms on Argo CD's upstream objects: namespace, bindings and config overlays.
+
+Pure code: the upstream file is never edited; each change is a function of the parsed
+objects, so an upgrade is a new digest and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+UPSTREAM_NAMESPACE = "argocd"
+CLUSTER_SCOPED_KINDS = frozenset(
+    {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Namespace",
+        "PriorityClass",
+        "StorageClass",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "APIService",
+    }
+)
+# Kinds whose objects Argo CD's own workloads need before they can become ready.
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+
+
+@dataclass(frozen=True)
+class Overlays:
+    """Settings layered onto the upstream ConfigMaps."""
+
+    reconciliation_timeout: str = "120s"
+    external_url: str | None = None
+    extra_known_hosts: tuple[str, ...] = field(default_factory=tuple)
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    """A stable identity for an upstream object: ``Kind/name``."""
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def is_namespaced(obj: dict[str, Any]) -> bool:
+    """Whether an object lives in a namespace."""
+    return obj["kind"] not in CLUSTER_SCOPED_KINDS
+
+
+def _merge_known_hosts(upstream: str, extra: Iterable[str]) -> str:
+    lines = upstream.splitlines()
+    present = {line.strip() for line in lines}
+    lines += [line for line in extra if line.strip() not in present]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def prepare_objects(docs: list[dict[str, Any]], namespace: str, overlays: Overlays) -> list[dict[str, Any]]:
+    """Upstream objects made ready to apply into ``namespace`` with ``overlays``.
+
+    Every namespaced object gets ``metadata.namespace``; ClusterRoleBinding subjects that
+    hard-code the upstream namespace point at ``namespace`` instead; ``argocd-cm`` and
+    ``argocd-ssh-known-hosts-cm`` carry the overlays. The input is not modified.
+    """
+    objects = copy.deepcopy(docs)
+    for obj in objects:
+        meta = obj.setdefault("metadata", {})
+        if is_namespaced(obj):
+            meta["namespace"] = namespace
+        if obj["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+            for subject in obj.get("subjects") or []:
+                if subject.get("namespace") == UPSTREAM_NAMESPACE:
+                    subject["namespace"] = namespace
+        if obj["kind"] == "ConfigMap" and meta["name"] == "argocd-cm":
+            data = obj.setdefault("data", {}) or {}
+            obj["data"] = data
+            data["timeout.reconciliation"] = overlays.reconciliation_timeout
+            if overlays.external_url:
+                data["url"] = overlays.external_url
+        if obj["kind"] == "ConfigMap" and meta["name"] == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
+            data = obj.setdefault("data", {}) or {}
+            obj["data"] = data
+            data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)
+    return objects
+
+
+def order_for_apply(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects sorted so CRDs come first and workloads last, upstream order otherwise."""
+
+    def rank(obj: dict[str, Any]) -> int:
+        if obj["kind"] == "CustomResourceDefinition":
+            return 0
+        if obj["kind"] in WORKLOAD_KINDS:
+            return 2
+        return 1
+
+    return sorted(objects, key=rank)

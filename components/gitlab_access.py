@@ -1,0 +1,153 @@
+"""Least-privilege access between the projects, CI and Argo CD: keys, token, variables, hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gitlab as gitlab
+
+from components.gitlab_projects import ProjectInfo
+from components.settings import docker_auth
+
+# The merge-request step needs the API; developer is the lowest role that may open MRs.
+MR_TOKEN_SCOPES = ["api"]
+MR_TOKEN_ROLE = "developer"
+
+
+@dataclass(frozen=True)
+class AccessArgs:
+    """Who gets access to what, and the secrets involved."""
+
+    stack: str
+    app: ProjectInfo
+    manifest: ProjectInfo
+    argocd_public_key: pulumi.Input[str]
+    ci_public_key: pulumi.Input[str]
+    ci_private_key: pulumi.Input[str]
+    dockerhub_user: str
+    dockerhub_token: pulumi.Input[str]
+    known_hosts: tuple[str, ...]
+    hide_variables: bool
+    token_expiry_days: int
+    token_rotate_before_days: int
+    epoch: int
+    webhook_url: str | None = None
+    webhook_secret: pulumi.Input[str] | None = None
+
+
+class GitLabAccess(pulumi.ComponentResource):
+    """Deploy keys and access token on the manifest project, CI variables on the app project."""
+
+    def __init__(self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:gitlab:Access", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        manifest_id = args.manifest.id
+
+        # Titles carry the stack so that two stacks sharing a project never collide.
+        self.argocd_deploy_key = gitlab.DeployKey(
+            "argocd-deploy-key",
+            project=manifest_id,
+            title=f"argocd-{args.stack}",
+            key=args.argocd_public_key,
+            can_push=False,
+            opts=child,
+        )
+        self.ci_deploy_key = gitlab.DeployKey(
+            "ci-deploy-key",
+            project=manifest_id,
+            title=f"ci-push-{args.stack}",
+            key=args.ci_public_key,
+            can_push=True,
+            opts=child,
+        )
+        self.mr_token = gitlab.ProjectAccessToken(
+            "mr-token",
+            project=manifest_id,
+            name=f"gitops-bootstrap-mr-{args.stack}",
+            description="Opens merge requests from the app project's pipeline.",
+            scopes=MR_TOKEN_SCOPES,
+            access_level=MR_TOKEN_ROLE,
+            # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
+            rotation_configuration={
+                "expiration_days": args.token_expiry_days,
+                "rotate_before_days": args.token_rotate_before_days,
+            },
+            # A new epoch replaces the token; create-before-delete keeps the old one valid
+            # until GITLAB_PRIVATE_TOKEN holds the new one.
+            opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
+        )
+
+        hidden = True if args.hide_variables else None
+        app_id = args.app.id
+        auth = pulumi.Output.secret(args.dockerhub_token).apply(lambda t: docker_auth(args.dockerhub_user, t))
+        self.variables = [
+            gitlab.ProjectVariable(
+                "dockerhub-token",
+                project=app_id,
+                key="DOCKERHUB_TOKEN",
+                value=auth,
+                masked=True,
+                protected=True,
+                hidden=hidden,
+                # Expanded, not raw: the value is checked against GitLab's expanded masking
+                # rule before anything is applied (settings.is_maskable).
+                raw=False,
+                description="base64 of <Docker Hub user>:<token>, for the image push.",
+                opts=child,
+            ),
+            gitlab.ProjectVariable(
+                "ssh-private-key",
+                project=app_id,
+                key="SSH_PRIVATE_KEY",
+                value=pulumi.Output.secret(args.ci_private_key),
+                variable_type="file",
+                # GitLab refuses to mask multi-line values; protected keeps it to the default branch.
+                masked=False,
+                protected=True,
+                raw=True,
+                description="Private half of the manifest project's push deploy key.",
+                # Switch CI to a rotated key only once GitLab accepts it as a deploy key.
+                opts=child.merge(pulumi.ResourceOptions(depends_on=[self.ci_deploy_key])),
+            ),
+            gitlab.ProjectVariable(
+                "gitlab-private-token",
+                project=app_id,
+                key="GITLAB_PRIVATE_TOKEN",
+                value=pulumi.Output.secret(self.mr_token.token),
+                masked=True,
+                protected=True,
+                hidden=hidden,
+                # GitLab's own token format (glpat-…) meets the expanded masking rule.
+                raw=False,
+                description="Manifest project access token (api, developer) for opening merge requests.",
+                opts=child,
+            ),
+            gitlab.ProjectVariable(
+                "ssh-known-hosts",
+                project=app_id,
+                key="SSH_KNOWN_HOSTS",
+                value="\n".join(args.known_hosts) + "\n",
+                variable_type="file",
+                masked=False,
+                protected=False,
+                raw=True,
+                description="GitLab's SSH host keys; CI never trusts a key on first use.",
+                opts=child,
+            ),
+        ]
+
+        self.hook: gitlab.ProjectHook | None = None
+        if args.webhook_url is not None and args.webhook_secret is not None:
+            self.hook = gitlab.ProjectHook(
+                "argocd-webhook",
+                project=manifest_id,
+                url=args.webhook_url,
+                token=pulumi.Output.secret(args.webhook_secret),
+                push_events=True,
+                merge_requests_events=False,
+                enable_ssl_verification=True,
+                opts=child,
+            )
+
+        self.register_outputs({"mrTokenExpiresAt": self.mr_token.expires_at})

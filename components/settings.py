@@ -1,0 +1,472 @@
+"""Typed, validated settings for the whole program, parsed from raw stack config.
+
+Pure code: no Pulumi imports, so it is tested without an engine. ``__main__.py``
+reads every key in :data:`KEYS` once and hands the raw strings to
+:func:`parse_settings`, which either returns a :class:`Settings` or raises one
+:class:`SettingsError` that lists every bad key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from components import manifest_source
+
+# RFC 1123 label: what Kubernetes accepts as a namespace name.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DURATION = re.compile(r"^\d+[smh]$")
+# GitLab project path: letters, digits, '_', '-', '.'; may not start or end with a separator.
+_PROJECT_PATH = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+_FULL_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+_DOCKERHUB_USER = re.compile(r"^[a-z0-9]{4,30}$")
+_IMAGE_REPO = re.compile(r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)+$")
+# A known_hosts line: host pattern(s), key type, base64 key, optional comment.
+_KNOWN_HOSTS_LINE = re.compile(
+    r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+# GitLab's rule for a masked variable that is expanded (not raw): app/models/concerns/ci/maskable.rb.
+MASKABLE = re.compile(r"\A[a-zA-Z0-9_+=/@:.~-]{8,}\Z")
+
+PROJECTS_ON_DESTROY = ("archive", "retain", "delete")
+VISIBILITY = ("private", "internal", "public")
+
+
+class SecretStr:
+    """A secret string whose repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The plain value, for handing to ``pulumi.Output.secret``."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretStr('[secret]')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One declared config key: its type, default, secrecy and a good example."""
+
+    name: str
+    type: str  # "string" | "boolean" | "integer" | "array"
+    description: str
+    example: str
+    default: Any = None
+    secret: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    Key("argocdVersion", "string", "Argo CD release tag to install.", "v3.5.1", default="v3.5.1"),
+    Key("argocdHa", "boolean", "Install the high-availability manifest.", "false", default=False),
+    Key("argocdNamespace", "string", "Namespace Argo CD is installed into.", "argocd", default="argocd"),
+    Key(
+        "argocdManifest",
+        "string",
+        "Mirror of the install manifest: a local file path or an https URL (air-gapped installs).",
+        "https://mirror.example.com/argo-cd/v3.5.1/install.yaml",
+    ),
+    Key(
+        "argocdManifestSha256",
+        "string",
+        "sha256 of the install manifest; required for versions the program does not know.",
+        "795a3a972224da6a7f9d32c3e946445f062b60fb46028476715affeb688236e3",
+    ),
+    Key(
+        "argocdExternalUrl",
+        "string",
+        "Public https URL of the Argo CD server; enables the GitLab webhook.",
+        "https://argocd.example.com",
+    ),
+    Key(
+        "argocdReconciliationTimeout",
+        "string",
+        "How often Argo CD polls Git when no webhook arrives.",
+        "120s",
+        default="120s",
+    ),
+    Key(
+        "argocdReadAdminPassword",
+        "boolean",
+        "Export the initial admin password; turn off once the bootstrap secret is deleted.",
+        "true",
+        default=True,
+    ),
+    Key("kubeContext", "string", "kubeconfig context to deploy to; empty uses the current one.", "kind-gitops"),
+    Key("appNamespace", "string", "Namespace the application is deployed into.", "gitops-demo", default="gitops-demo"),
+    Key("appName", "string", "Name of the Argo CD Application and of the chart.", "webapp", default="webapp"),
+    Key("chartPath", "string", "Path of the chart inside the manifest project.", ".", default="."),
+    Key("gitlabGroup", "string", "Full path of the GitLab group for both projects; empty uses the token owner's namespace.", "acme/platform"),
+    Key("appProject", "string", "Path of the app project to create.", "gitops-demo-app", default="gitops-demo-app"),
+    Key("manifestProject", "string", "Path of the manifest (chart) project to create.", "gitops-demo-chart", default="gitops-demo-chart"),
+    Key("adoptAppProject", "string", "Full path of an existing app project to manage instead of creating one.", "acme/webapp"),
+    Key(
+        "adoptManifestProject",
+        "string",
+        "Full path of an existing manifest project to manage instead of creating one.",
+        "acme/webapp-chart",
+    ),
+    Key("projectVisibility", "string", "Visibility of created projects.", "private", default="private"),
+    Key("defaultBranch", "string", "Default branch of created projects.", "main", default="main"),
+    Key(
+        "projectsOnDestroy",
+        "string",
+        "What `pulumi destroy` does to created projects: archive, retain or delete.",
+        "archive",
+        default="archive",
+    ),
+    Key(
+        "gitlabSshKnownHosts",
+        "array",
+        "known_hosts lines of the GitLab SSH host, one key per line.",
+        '["gitlab.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf"]',
+    ),
+    Key("hideCiVariables", "boolean", "Also hide masked CI variables (GitLab 17.6 and later).", "false", default=False),
+    Key("accessTokenExpiryDays", "integer", "Lifetime of the merge-request access token, in days.", "30", default=30),
+    Key("accessTokenRotateBeforeDays", "integer", "Rotate the access token this many days before it expires.", "7", default=7),
+    Key("credentialsEpoch", "integer", "Bump to rotate every generated credential.", "1", default=1),
+    Key("dockerhubUser", "string", "Docker Hub user that pushes the image.", "acme"),
+    Key("dockerhubToken", "string", "Docker Hub access token with Read & Write scope.", "dckr_pat_…", secret=True),
+    Key("imageRepository", "string", "Image repository; defaults to docker.io/<dockerhubUser>/<appName>.", "docker.io/acme/webapp"),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+
+
+@dataclass(frozen=True)
+class ArgoCdSettings:
+    """Where and how Argo CD is installed."""
+
+    version: str
+    ha: bool
+    namespace: str
+    manifest_source: str
+    manifest_sha256: str
+    external_url: str | None
+    reconciliation_timeout: str
+    read_admin_password: bool
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """One GitLab project: created under ``path``, or adopted from ``adopt``."""
+
+    path: str
+    adopt: str | None
+
+    @property
+    def adopted(self) -> bool:
+        """True when the project exists already and is only managed, never created."""
+        return self.adopt is not None
+
+
+@dataclass(frozen=True)
+class GitLabSettings:
+    """The GitLab side: projects, branch, lifecycle and CI-variable policy."""
+
+    group: str | None
+    app_project: ProjectSettings
+    manifest_project: ProjectSettings
+    visibility: str
+    default_branch: str
+    projects_on_destroy: str
+    ssh_known_hosts: tuple[str, ...]
+    hide_ci_variables: bool
+    token_expiry_days: int
+    token_rotate_before_days: int
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The deployed application: names, namespace and image."""
+
+    name: str
+    namespace: str
+    chart_path: str
+    image_repository: str
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Docker Hub credentials the pipeline pushes with."""
+
+    user: str
+    token: SecretStr
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs, validated."""
+
+    stack: str
+    argocd: ArgoCdSettings
+    app: AppSettings
+    gitlab: GitLabSettings
+    registry: RegistrySettings
+    credentials_epoch: int
+    kube_context: str | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad key: the rule it breaks and a good example."""
+
+    key: str
+    rule: str
+    example: str
+
+    def __str__(self) -> str:
+        return f"  - {self.key}: {self.rule} (example: {self.example})"
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; lists every problem at once."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(f"invalid configuration, nothing was changed:\n{lines}")
+
+    @property
+    def keys(self) -> list[str]:
+        """The names of the bad keys."""
+        return [p.key for p in self.problems]
+
+
+class _Reader:
+    """Typed access to raw config strings that collects problems instead of raising."""
+
+    def __init__(self, raw: Mapping[str, str | None]) -> None:
+        self.raw = raw
+        self.problems: list[Problem] = []
+
+    def bad(self, key: str, rule: str, example: str | None = None) -> None:
+        self.problems.append(Problem(key, rule, example if example is not None else KEYS_BY_NAME[key].example))
+
+    def _text(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def string(self, key: str) -> str | None:
+        value = self._text(key)
+        return value if value is not None else KEYS_BY_NAME[key].default
+
+    def boolean(self, key: str) -> bool:
+        value = self._text(key)
+        if value is None:
+            return bool(KEYS_BY_NAME[key].default)
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.bad(key, "must be true or false")
+        return bool(KEYS_BY_NAME[key].default)
+
+    def integer(self, key: str, minimum: int) -> int:
+        value = self._text(key)
+        default = int(KEYS_BY_NAME[key].default)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.bad(key, "must be a whole number")
+            return default
+        if number < minimum:
+            self.bad(key, f"must be at least {minimum}")
+        return number
+
+    def lines(self, key: str) -> tuple[str, ...]:
+        value = self._text(key)
+        if value is None:
+            return ()
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value.splitlines()
+        if isinstance(parsed, str):
+            parsed = parsed.splitlines()
+        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+            self.bad(key, "must be a list of strings")
+            return ()
+        return tuple(x.strip() for x in parsed if x.strip())
+
+    def check(self, key: str, value: str | None, ok: Callable[[str], bool], rule: str) -> None:
+        if value is not None and not ok(value):
+            self.bad(key, rule)
+
+
+def _https_url(value: str) -> bool:
+    parsed = urlparse(value)
+    return parsed.scheme == "https" and bool(parsed.netloc)
+
+
+def is_maskable(value: str) -> bool:
+    """Whether GitLab accepts ``value`` as a masked, expanded CI/CD variable."""
+    return MASKABLE.match(value) is not None
+
+
+def docker_auth(user: str, token: str) -> str:
+    """The ``auth`` value of a Docker config (and of ``DOCKERHUB_TOKEN``): base64 of ``user:token``."""
+    return base64.b64encode(f"{user}:{token}".encode()).decode()
+
+
+def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
+    """Validate raw config strings (key → value or None) into :class:`Settings`.
+
+    Raises :class:`SettingsError` naming every bad key, the rule it breaks and an example.
+    """
+    r = _Reader(raw)
+
+    version = r.string("argocdVersion") or ""
+    if not _VERSION.match(version):
+        r.bad("argocdVersion", "must be a release tag of the form vX.Y.Z")
+    ha = r.boolean("argocdHa")
+    namespace = r.string("argocdNamespace") or ""
+    app_namespace = r.string("appNamespace") or ""
+    for key, value in (("argocdNamespace", namespace), ("appNamespace", app_namespace)):
+        if not _DNS_LABEL.match(value) or len(value) > 63:
+            r.bad(key, "must be an RFC 1123 label: lowercase letters, digits and '-', at most 63 characters")
+    if namespace == app_namespace and _DNS_LABEL.match(namespace):
+        r.bad("appNamespace", f"must differ from argocdNamespace ({namespace})", "gitops-demo")
+
+    mirror = r.string("argocdManifest")
+    if mirror is not None and "://" in mirror and not _https_url(mirror):
+        r.bad("argocdManifest", "must be a local file path or an https:// URL")
+    sha = r.string("argocdManifestSha256")
+    if sha is not None:
+        sha = sha.lower()
+        if not _SHA256.match(sha):
+            r.bad("argocdManifestSha256", "must be 64 hexadecimal characters")
+    known = manifest_source.known_sha256(version, ha)
+    if sha is None and known is None and _VERSION.match(version):
+        r.bad(
+            "argocdManifestSha256",
+            f"is required: the program has no pinned digest for Argo CD {version}"
+            f"{' (HA)' if ha else ''}; known versions are {', '.join(manifest_source.known_versions())}",
+        )
+    external_url = r.string("argocdExternalUrl")
+    if external_url is not None:
+        r.check("argocdExternalUrl", external_url, _https_url, "must be an https:// URL")
+        external_url = external_url.rstrip("/")
+    timeout = r.string("argocdReconciliationTimeout") or ""
+    r.check("argocdReconciliationTimeout", timeout, lambda v: _DURATION.match(v) is not None, "must be a duration such as 120s, 5m or 1h")
+
+    app_name = r.string("appName") or ""
+    if not _DNS_LABEL.match(app_name) or len(app_name) > 53:
+        r.bad("appName", "must be an RFC 1123 label of at most 53 characters (Helm release name)")
+    chart_path = r.string("chartPath") or "."
+    if chart_path.startswith("/") or ".." in chart_path.split("/"):
+        r.bad("chartPath", "must be a relative path inside the manifest project")
+
+    group = r.string("gitlabGroup")
+    r.check("gitlabGroup", group, lambda v: _FULL_PATH.match(v) is not None, "must be a group's full path such as acme/platform")
+    projects: dict[str, ProjectSettings] = {}
+    for which in ("app", "manifest"):
+        path_key, adopt_key = f"{which}Project", f"adopt{which.capitalize()}Project"
+        path = r.string(path_key) or ""
+        r.check(path_key, path, lambda v: _PROJECT_PATH.match(v) is not None, "must be a project path: letters, digits, '_', '-', '.'")
+        adopt = r.string(adopt_key)
+        r.check(adopt_key, adopt, lambda v: "/" in v and _FULL_PATH.match(v) is not None, "must be a project's full path, namespace included")
+        projects[which] = ProjectSettings(path=path, adopt=adopt)
+    if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
+        r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
+    visibility = r.string("projectVisibility") or ""
+    r.check("projectVisibility", visibility, lambda v: v in VISIBILITY, f"must be one of {', '.join(VISIBILITY)}")
+    default_branch = r.string("defaultBranch") or ""
+    r.check(
+        "defaultBranch",
+        default_branch,
+        lambda v: re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", v) is not None and ".." not in v,
+        "must be a branch name",
+    )
+    on_destroy = r.string("projectsOnDestroy") or ""
+    r.check("projectsOnDestroy", on_destroy, lambda v: v in PROJECTS_ON_DESTROY, f"must be one of {', '.join(PROJECTS_ON_DESTROY)}")
+    known_hosts = r.lines("gitlabSshKnownHosts")
+    if not known_hosts:
+        r.bad("gitlabSshKnownHosts", "is required: CI and Argo CD check the GitLab SSH host key against it")
+    for line in known_hosts:
+        if not _KNOWN_HOSTS_LINE.match(line):
+            r.bad("gitlabSshKnownHosts", f"has a line that is not a known_hosts entry: {line[:40]!r}")
+    hide = r.boolean("hideCiVariables")
+    expiry = r.integer("accessTokenExpiryDays", 2)
+    rotate_before = r.integer("accessTokenRotateBeforeDays", 1)
+    if rotate_before >= expiry:
+        r.bad("accessTokenRotateBeforeDays", "must be less than accessTokenExpiryDays", "7")
+    if expiry > 365:
+        r.bad("accessTokenExpiryDays", "must be at most 365 (GitLab's maximum token lifetime)", "30")
+    epoch = r.integer("credentialsEpoch", 1)
+
+    user = r.string("dockerhubUser")
+    if user is None:
+        r.bad("dockerhubUser", "is required: the pipeline pushes the image as this user")
+    elif not _DOCKERHUB_USER.match(user):
+        r.bad("dockerhubUser", "must be a Docker Hub user name: 4-30 lowercase letters and digits")
+    token = raw.get("dockerhubToken")
+    if token is None or token.strip() == "":
+        r.bad(
+            "dockerhubToken",
+            "is a required secret and is missing or empty; set it with `pulumi config set --secret dockerhubToken`",
+        )
+    elif any(c.isspace() for c in token.strip()) or ":" in token:
+        r.bad("dockerhubToken", "must be one line without spaces or ':' (a Docker Hub access token)")
+    if user and token and token.strip() and not is_maskable(docker_auth(user, token.strip())):
+        r.bad("dockerhubToken", "gives a DOCKERHUB_TOKEN that GitLab cannot mask (at least 8 characters of a-zA-Z0-9_+=/@:.~-)")
+    image = r.string("imageRepository") or f"docker.io/{user or 'user'}/{app_name}"
+    r.check("imageRepository", image, lambda v: _IMAGE_REPO.match(v) is not None, "must be an image repository without a tag")
+
+    kube_context = r.string("kubeContext")
+    read_password = r.boolean("argocdReadAdminPassword")
+
+    if r.problems:
+        raise SettingsError(r.problems)
+
+    return Settings(
+        stack=stack,
+        argocd=ArgoCdSettings(
+            version=version,
+            ha=ha,
+            namespace=namespace,
+            manifest_source=mirror or manifest_source.upstream_url(version, ha),
+            manifest_sha256=sha or known or "",
+            external_url=external_url,
+            reconciliation_timeout=timeout,
+            read_admin_password=read_password,
+        ),
+        app=AppSettings(name=app_name, namespace=app_namespace, chart_path=chart_path, image_repository=image),
+        gitlab=GitLabSettings(
+            group=group,
+            app_project=projects["app"],
+            manifest_project=projects["manifest"],
+            visibility=visibility,
+            default_branch=default_branch,
+            projects_on_destroy=on_destroy,
+            ssh_known_hosts=known_hosts,
+            hide_ci_variables=hide,
+            token_expiry_days=expiry,
+            token_rotate_before_days=rotate_before,
+        ),
+        registry=RegistrySettings(user=user or "", token=SecretStr((token or "").strip())),
+        credentials_epoch=epoch,
+        kube_context=kube_context,
+    )

@@ -1,0 +1,260 @@
+"""Run the real ``__main__.py`` under Pulumi's mock monitor and record what it registers.
+
+Invoked as ``python -m tests.mockrun`` with a JSON job on stdin (config, stack, preview);
+writes a JSON report to the path given as the only argument. Each run is its own process,
+so no runtime state leaks between scenarios.
+
+The mocks compute answers from their inputs, as a provider would: ED25519 keys are real
+key pairs (derived from the URN and replacement trigger, so the same inputs give the same
+key, as an unchanged resource keeps its state), Secret reads return a generated password,
+and GitLab look-ups derive ids and URLs from the paths asked for.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import runpy
+import string
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.config
+import pulumi.runtime.config as runtime_config
+from google.protobuf import json_format
+from pulumi.runtime import mocks as pulumi_mocks
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+GITLAB_HOST = "gitlab.example.test"
+
+
+def _seed(*parts: Any) -> random.Random:
+    return random.Random(hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest())
+
+
+def _ed25519(seed: random.Random) -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes(seed.getrandbits(8) for _ in range(32)))
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, public + "\n"
+
+
+def _project_urls(path_with_namespace: str, ident: int) -> dict[str, Any]:
+    return {
+        "id": str(ident),
+        "path_with_namespace": path_with_namespace,
+        "ssh_url_to_repo": f"git@{GITLAB_HOST}:{path_with_namespace}.git",
+        "http_url_to_repo": f"https://{GITLAB_HOST}/{path_with_namespace}.git",
+        "web_url": f"https://{GITLAB_HOST}/{path_with_namespace}",
+    }
+
+
+def _stable_id(*parts: Any) -> int:
+    return _seed(*parts).randint(1000, 99_999_999)
+
+
+class Mocks(pulumi_mocks.Mocks):
+    """Provider behaviour computed from inputs."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+        self.triggers: dict[str, Any] = {}
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        state = dict(args.inputs)
+        typ, name = args.typ, args.name
+        trigger = self.triggers.get(f"{typ}::{name}")
+        if args.resource_id and typ == "kubernetes:core/v1:Secret":
+            password = "".join(_seed(args.resource_id).choices(string.ascii_letters + string.digits, k=16))
+            return args.resource_id, {
+                "metadata": {"name": args.resource_id.split("/")[-1], "namespace": args.resource_id.split("/")[0]},
+                "data": {"password": base64.b64encode(password.encode()).decode()},
+            }
+        if typ == "tls:index/privateKey:PrivateKey":
+            private, public = _ed25519(_seed(name, trigger))
+            state.update(private_key_openssh=private, public_key_openssh=public, private_key_pem=private)
+        elif typ == "random:index/randomPassword:RandomPassword":
+            alphabet = string.ascii_letters + string.digits
+            state["result"] = "".join(_seed(name, state.get("keepers")).choices(alphabet, k=int(state["length"])))
+        elif typ == "gitlab:index/projectAccessToken:ProjectAccessToken":
+            alphabet = string.ascii_letters + string.digits + "_-"
+            state["token"] = "glpat-" + "".join(_seed(name, trigger).choices(alphabet, k=20))
+            state["expires_at"] = "2026-12-26"
+        elif typ == "gitlab:index/project:Project":
+            namespace = "acme-user"
+            state.update(_project_urls(f"{namespace}/{state['path']}", _stable_id(name, state["path"])))
+        elif typ.startswith("kubernetes:") and "metadata" in state:
+            state["metadata"] = {**state["metadata"], "uid": str(_stable_id(name))}
+        ident = state.get("id") or f"{name}-id"
+        return str(ident), state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        self.report["invokes"].append({"token": args.token, "args": _plain(args.args)})
+        if args.token == "gitlab:index/getGroup:getGroup":
+            full_path = args.args["fullPath"]
+            ident = _stable_id("group", full_path)
+            return {"id": str(ident), "groupId": ident, "fullPath": full_path, "webUrl": f"https://{GITLAB_HOST}/{full_path}"}, None
+        if args.token == "gitlab:index/getProject:getProject":
+            path = args.args["pathWithNamespace"]
+            urls = _project_urls(path, _stable_id("project", path))
+            return {
+                "id": urls["id"],
+                "pathWithNamespace": path,
+                "sshUrlToRepo": urls["ssh_url_to_repo"],
+                "httpUrlToRepo": urls["http_url_to_repo"],
+                "webUrl": urls["web_url"],
+                "defaultBranch": "main",
+            }, None
+        raise NotImplementedError(f"no mock for invoke {args.token}")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _secret_paths(value: Any, path: str = "") -> list[str]:
+    """Paths inside a serialized property value that carry the secret signature."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        if value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
+            return [path or "."]
+        for k, v in value.items():
+            found += _secret_paths(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _secret_paths(v, f"{path}[{i}]")
+    return found
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, also keeping each request's options for the tests."""
+
+    def __init__(self, mocks: Mocks, report: dict[str, Any]) -> None:
+        super().__init__(mocks)
+        self.report = report
+        self.mocks_ref = mocks
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        trigger = None
+        if request.HasField("replacement_trigger"):
+            trigger = json_format.MessageToDict(request.replacement_trigger)
+        self.mocks_ref.triggers[f"{request.type}::{request.name}"] = trigger
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        raw = json_format.MessageToDict(request.object)
+        self.report["resources"].append(
+            {
+                "urn": response.urn,
+                "type": request.type,
+                "name": request.name,
+                "custom": request.custom,
+                "parent": request.parent,
+                "provider": request.provider,
+                "providers": dict(request.providers),
+                "dependencies": list(request.dependencies),
+                "property_dependencies": {k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                "protect": request.protect,
+                "retain_on_delete": request.retainOnDelete,
+                "delete_before_replace": request.deleteBeforeReplace,
+                "ignore_changes": list(request.ignoreChanges),
+                "replace_on_changes": list(request.replaceOnChanges),
+                "additional_secret_outputs": list(request.additionalSecretOutputs),
+                "replacement_trigger": trigger,
+                "inputs": _plain(_unwrap(raw)),
+                "secret_paths": _secret_paths(raw),
+                "outputs": _plain(self.resources[response.urn].state),
+                "id": self.resources[response.urn].id,
+            }
+        )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        response = super().ReadResource(request)
+        self.report["reads"].append(
+            {
+                "urn": response.urn,
+                "type": request.type,
+                "name": request.name,
+                "id": request.id,
+                "parent": request.parent,
+                "dependencies": list(request.dependencies),
+            }
+        )
+        return response
+
+
+def _unwrap(value: Any) -> Any:
+    """A serialized property value with secret envelopes replaced by their plaintext."""
+    if isinstance(value, dict):
+        if value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
+            return _unwrap(value.get("value"))
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Run the program once with ``job``'s config; return what it registered."""
+    report: dict[str, Any] = {"resources": [], "reads": [], "invokes": [], "outputs": {}, "config_reads": [], "error": None}
+    project = "gitops-bootstrap"
+    config = {(k if ":" in k else f"{project}:{k}"): v for k, v in job["config"].items()}
+    secret_keys = [k if ":" in k else f"{project}:{k}" for k in job.get("secret_keys", [])]
+    runtime_config.set_all_config(config, secret_keys)
+
+    real_get_config = pulumi.config.get_config
+
+    def spy(full_key: str) -> Any:
+        report["config_reads"].append(full_key)
+        return real_get_config(full_key)
+
+    pulumi.config.get_config = spy  # type: ignore[assignment]
+
+    mocks = Mocks(report)
+    monitor = RecordingMonitor(mocks, report)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=job.get("stack", "dev"), preview=job.get("preview", False), monitor=monitor)
+
+    from pulumi.runtime.settings import get_root_resource
+    from pulumi.runtime.sync_await import _sync_await
+
+    stack = get_root_resource()
+
+    async def program() -> None:
+        sys.path.insert(0, str(REPO_ROOT))
+        runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__gitops_main__")
+
+    try:
+        _sync_await(pulumi.runtime.stack.run_pulumi_func(lambda: _sync_await(program())))
+        outputs = {}
+        for key, value in (stack.outputs if stack is not None else {}).items():  # type: ignore[attr-defined]
+            output = pulumi.Output.from_input(value)
+            resolved = _sync_await(output.future())
+            secret = _sync_await(output.is_secret())
+            outputs[key] = {"value": _plain(resolved), "secret": secret}
+        report["outputs"] = outputs
+    except Exception as exc:  # noqa: BLE001 - the report carries the failure to the test
+        report["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+    return report
+
+
+def main() -> None:
+    """Entry point: job JSON on stdin, report JSON to argv[1]."""
+    job = json.load(sys.stdin)
+    report = run(job)
+    Path(sys.argv[1]).write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
