@@ -1,0 +1,160 @@
+"""Settings validation and the verified manifest source, without Pulumi."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import manifest_source
+from components.settings import KEYS, MASKABLE, SecretStr, SettingsError, docker_auth, parse_settings
+from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config, shared_manifest
+from tests.tools import REPO_ROOT, SHARED
+
+
+def valid() -> dict[str, str | None]:
+    return dict(base_config("dev"))
+
+
+def problems(raw: dict[str, str | None]) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
+        parse_settings(raw, "dev")
+    return info.value
+
+
+def test_demo_stack_is_valid() -> None:
+    settings = parse_settings(valid(), "dev")
+    assert settings.argocd.version == "v3.5.1" and settings.argocd.namespace == "argocd"
+    assert settings.argocd.manifest_sha256 == manifest_source.KNOWN_SHA256[("v3.5.1", False)]
+    assert settings.app.image_repository == "docker.io/gitopsdemo/webapp"
+    assert settings.registry.token.reveal() == TEST_DOCKERHUB_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("argocdNamespace", "Argo_CD", "RFC 1123"),
+        ("appNamespace", "-bad", "RFC 1123"),
+        ("argocdVersion", "3.5.1", "vX.Y.Z"),
+        ("argocdManifest", "http://mirror.example.com/install.yaml", "https"),
+        ("argocdExternalUrl", "http://argocd.example.com", "https"),
+        ("dockerhubToken", "", "required secret"),
+        ("dockerhubToken", None, "required secret"),
+        ("argocdReconciliationTimeout", "two minutes", "duration"),
+        ("projectsOnDestroy", "nuke", "archive, retain, delete"),
+        ("gitlabSshKnownHosts", '["not a host key"]', "known_hosts"),
+        ("accessTokenExpiryDays", "5", "less than"),
+    ],
+)
+def test_each_rule_names_key_rule_and_example(key: str, value: str | None, rule: str) -> None:
+    raw = valid()
+    raw[key] = value
+    if key == "accessTokenExpiryDays":
+        key = "accessTokenRotateBeforeDays"
+    error = problems(raw)
+    assert error.keys == [key]
+    line = next(line for line in str(error).splitlines() if line.strip().startswith(f"- {key}:"))
+    assert rule in line and "example:" in line
+
+
+def test_unknown_version_needs_a_digest() -> None:
+    raw = valid()
+    raw.update(argocdVersion="v3.6.0", argocdManifest=None)
+    error = problems(raw)
+    assert error.keys == ["argocdManifestSha256"]
+    assert "v3.6.0" in str(error) and "v3.5.1" in str(error)
+    raw["argocdManifestSha256"] = "a" * 64
+    assert parse_settings(raw, "dev").argocd.manifest_sha256 == "a" * 64
+
+
+def test_all_problems_are_reported_together() -> None:
+    raw = valid()
+    raw.update(argocdNamespace="BAD", argocdVersion="latest", dockerhubToken=" ")
+    error = problems(raw)
+    assert set(error.keys) >= {"argocdNamespace", "argocdVersion", "dockerhubToken"}
+
+
+def test_errors_never_show_the_secret() -> None:
+    raw = valid()
+    raw.update(dockerhubToken="dckr_pat has spaces", argocdNamespace="BAD")
+    assert "has spaces" not in str(problems(raw))
+    assert "dckr" not in repr(SecretStr("dckr_pat_x"))
+
+
+def test_masking_rule_matches_gitlab() -> None:
+    assert MASKABLE.match(docker_auth("gitopsdemo", TEST_DOCKERHUB_TOKEN))
+    assert MASKABLE.match("glpat-AbCdEfGhIjKlMnOpQrSt")
+    for bad in ("short", "has space inside", "multi\nline-value", "dollar$sign$here"):
+        assert not MASKABLE.match(bad)
+
+
+def test_declared_keys_match_pulumi_yaml() -> None:
+    declared = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(declared) == {k.name for k in KEYS}
+    for key in KEYS:
+        spec = declared[key.name]
+        assert spec["type"] == key.type and spec["description"]
+        assert spec.get("default") == key.default
+        assert bool(spec.get("secret")) == key.secret
+        if key.secret:
+            assert "default" not in spec
+
+
+def test_pinned_digests_match_shared_readmes() -> None:
+    readmes = sorted((SHARED / "upstream" / "argo-cd").glob("*/README.txt"))
+    if not readmes:
+        pytest.skip("../shared is absent; digests are checked against the pinned URL by the program tests")
+    for readme in readmes:
+        version = readme.parent.name
+        digests = re.findall(r"sha256\s*:\s*([0-9a-f]{64})", readme.read_text())
+        assert digests == [manifest_source.KNOWN_SHA256[(version, False)], manifest_source.KNOWN_SHA256[(version, True)]]
+        for ha in (False, True):
+            path = shared_manifest(version, ha)
+            assert path is not None
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest_source.KNOWN_SHA256[(version, ha)]
+
+
+def test_download_is_verified_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = shared_manifest("v3.5.1")
+    data = mirror.read_bytes() if mirror else manifest_source._download(manifest_source.upstream_url("v3.5.1", False))
+    calls: list[str] = []
+
+    def fake_download(url: str) -> bytes:
+        calls.append(url)
+        return data
+
+    monkeypatch.setenv("GITOPS_BOOTSTRAP_CACHE", str(tmp_path))
+    monkeypatch.setattr(manifest_source, "_download", fake_download)
+    url = manifest_source.upstream_url("v3.5.1", False)
+    sha = manifest_source.KNOWN_SHA256[("v3.5.1", False)]
+    assert manifest_source.read_manifest(url, sha) == data
+    assert manifest_source.read_manifest(url, sha) == data
+    assert calls == [url], "the second read must come from the cache"
+    assert (tmp_path / f"{sha}.yaml").is_file()
+    with pytest.raises(manifest_source.ManifestError, match="checksum mismatch"):
+        manifest_source.read_manifest("https://example.com/other.yaml", "0" * 64)
+
+
+def test_checksum_mismatch_registers_nothing(program: Callable[..., Run], tmp_path: Path) -> None:
+    run = program({"argocdManifestSha256": "0" * 64, "argocdVersion": "v3.5.1"})
+    assert run.error is not None
+    assert "checksum mismatch" in run.error["message"]
+    assert run.resources == [] and run.report["invokes"] == []
+
+
+def test_unknown_version_registers_nothing(program: Callable[..., Run]) -> None:
+    run = program({"argocdVersion": "v9.9.9", "argocdManifest": None})
+    assert run.error is not None
+    assert "argocdManifestSha256" in run.error["message"] and "v9.9.9" in run.error["message"]
+    assert run.resources == []
+
+
+def test_bad_config_registers_nothing(program: Callable[..., Run]) -> None:
+    run = program({"appNamespace": "Gitops Demo", "dockerhubToken": None})
+    assert run.error is not None
+    assert "appNamespace" in run.error["message"] and "dockerhubToken" in run.error["message"]
+    assert run.resources == []
