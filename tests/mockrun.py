@@ -99,12 +99,12 @@ class Mocks(pulumi_mocks.Mocks):
         ident = state.get("id") or f"{name}-id"
         return str(ident), state
 
-    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.report["invokes"].append({"token": args.token, "args": _plain(args.args)})
         if args.token == "gitlab:index/getGroup:getGroup":
             full_path = args.args["fullPath"]
             ident = _stable_id("group", full_path)
-            return {"id": str(ident), "groupId": ident, "fullPath": full_path, "webUrl": f"https://{GITLAB_HOST}/{full_path}"}, None
+            return {"id": str(ident), "groupId": ident, "fullPath": full_path, "webUrl": f"https://{GITLAB_HOST}/{full_path}"}, []
         if args.token == "gitlab:index/getProject:getProject":
             path = args.args["pathWithNamespace"]
             urls = _project_urls(path, _stable_id("project", path))
@@ -115,7 +115,7 @@ class Mocks(pulumi_mocks.Mocks):
                 "httpUrlToRepo": urls["http_url_to_repo"],
                 "webUrl": urls["web_url"],
                 "defaultBranch": "main",
-            }, None
+            }, []
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 

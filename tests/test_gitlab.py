@@ -1,0 +1,198 @@
+"""The GitLab side under mocks: projects, deploy keys, token, CI variables, protection, files."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+
+from components.settings import MASKABLE
+from tests.conftest import TEST_DOCKERHUB_TOKEN, Run
+
+ADOPT = {"adoptAppProject": "acme/webapp", "adoptManifestProject": "acme/webapp-chart"}
+
+
+def variables(run: Run) -> dict[str, dict]:
+    return {r["inputs"]["key"]: r for r in run.of_type("projectVariable:ProjectVariable")}
+
+
+def test_projects_are_private_on_main_and_archived_on_destroy(dev: Run) -> None:
+    projects = {r["name"]: r for r in dev.of_type("project:Project")}
+    assert set(projects) == {"app-project", "manifest-project"}
+    assert projects["app-project"]["inputs"]["path"] == "gitops-demo-app"
+    assert projects["manifest-project"]["inputs"]["path"] == "gitops-demo-chart"
+    for res in projects.values():
+        assert res["inputs"]["visibilityLevel"] == "private"
+        assert res["inputs"]["defaultBranch"] == "main"
+        # Default: destroy archives instead of deleting, so no code is lost.
+        assert res["inputs"]["archiveOnDestroy"] is True
+        assert "namespaceId" not in res["inputs"], "no group configured: the token owner's namespace"
+
+
+def test_group_is_looked_up_by_full_path(program: Callable[..., Run]) -> None:
+    run = program({"gitlabGroup": "acme/platform"})
+    assert run.error is None, run.error
+    lookups = [i for i in run.report["invokes"] if i["token"] == "gitlab:index/getGroup:getGroup"]
+    assert [i["args"]["fullPath"] for i in lookups] == ["acme/platform"]
+    ids = {r["inputs"]["namespaceId"] for r in run.of_type("project:Project")}
+    assert len(ids) == 1 and ids.pop() > 0
+
+
+def test_projects_on_destroy_settings(program: Callable[..., Run]) -> None:
+    retain = program({"projectsOnDestroy": "retain"})
+    for res in retain.of_type("project:Project"):
+        assert res["retain_on_delete"] is True and res["inputs"]["archiveOnDestroy"] is False
+    delete = program({"projectsOnDestroy": "delete"})
+    for res in delete.of_type("project:Project"):
+        assert res["retain_on_delete"] is False and res["inputs"]["archiveOnDestroy"] is False
+
+
+def test_adopted_projects_are_never_created_nor_deletable(program: Callable[..., Run]) -> None:
+    run = program(ADOPT)
+    assert run.error is None, run.error
+    assert run.of_type("project:Project") == []
+    looked_up = [i["args"]["pathWithNamespace"] for i in run.report["invokes"] if i["token"].endswith("getProject")]
+    assert sorted(looked_up) == ["acme/webapp", "acme/webapp-chart"]
+    manifest_id = run.outputs["manifestProjectId"]["value"]
+    for key in run.of_type("deployKey:DeployKey"):
+        assert key["inputs"]["project"] == manifest_id
+    # No chart is seeded into an adopted manifest project, and the app's own pipeline stays.
+    files = {r["inputs"]["filePath"] for r in run.of_type("repositoryFile:RepositoryFile")}
+    assert files == {".gitlab/gitops-bootstrap.gitlab-ci.yml"}
+    assert run.of_type("branchProtection:BranchProtection") == []
+    assert run.named("application")["inputs"]["spec"]["source"]["repoURL"].endswith("acme/webapp-chart.git")
+
+
+def test_deploy_keys(dev: Run) -> None:
+    keys = {r["name"]: r["inputs"] for r in dev.of_type("deployKey:DeployKey")}
+    assert set(keys) == {"argocd-deploy-key", "ci-deploy-key"}
+    assert keys["argocd-deploy-key"]["key"] != keys["ci-deploy-key"]["key"]
+    assert keys["argocd-deploy-key"]["canPush"] is False and keys["ci-deploy-key"]["canPush"] is True
+    manifest_id = dev.named("manifest-project")["id"]
+    assert {k["project"] for k in keys.values()} == {manifest_id}
+    assert dev.named("app-project")["id"] != manifest_id
+
+    private = dev.named("manifest-repo")["inputs"]["stringData"]["sshPrivateKey"]
+    loaded = serialization.load_ssh_private_key(private.encode(), password=None)
+    public = loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    assert keys["argocd-deploy-key"]["key"] == public
+
+    ci_private = variables(dev)["SSH_PRIVATE_KEY"]["inputs"]["value"]
+    ci_loaded = serialization.load_ssh_private_key(ci_private.encode(), password=None)
+    ci_public = ci_loaded.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    assert keys["ci-deploy-key"]["key"] == ci_public
+
+
+def test_ci_variables_have_exactly_the_right_flags(dev: Run) -> None:
+    found = variables(dev)
+    app_id = dev.named("app-project")["id"]
+    flags = {
+        key: {
+            "masked": r["inputs"].get("masked"),
+            "protected": r["inputs"].get("protected"),
+            "type": r["inputs"].get("variableType", "env_var"),
+            "raw": r["inputs"].get("raw"),
+            "hidden": r["inputs"].get("hidden"),
+        }
+        for key, r in found.items()
+    }
+    assert flags == {
+        "DOCKERHUB_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": None},
+        "GITLAB_PRIVATE_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": None},
+        "SSH_PRIVATE_KEY": {"masked": False, "protected": True, "type": "file", "raw": True, "hidden": None},
+        "SSH_KNOWN_HOSTS": {"masked": False, "protected": False, "type": "file", "raw": True, "hidden": None},
+    }
+    assert {r["inputs"]["project"] for r in found.values()} == {app_id}
+    auth = base64.b64decode(found["DOCKERHUB_TOKEN"]["inputs"]["value"]).decode()
+    assert auth == f"gitopsdemo:{TEST_DOCKERHUB_TOKEN}"
+    assert found["SSH_PRIVATE_KEY"]["inputs"]["value"].endswith("\n")
+    assert found["SSH_KNOWN_HOSTS"]["inputs"]["value"].startswith("gitlab.com ")
+    assert found["GITLAB_PRIVATE_TOKEN"]["inputs"]["value"].startswith("glpat-")
+
+
+def test_hidden_setting(program: Callable[..., Run]) -> None:
+    found = variables(program({"hideCiVariables": "true"}))
+    assert {k for k, r in found.items() if r["inputs"].get("hidden")} == {"DOCKERHUB_TOKEN", "GITLAB_PRIVATE_TOKEN"}
+    for r in found.values():
+        if r["inputs"].get("hidden"):
+            assert r["inputs"]["masked"] is True
+
+
+def test_every_masked_value_meets_gitlabs_rule(dev: Run) -> None:
+    masked = [r for r in variables(dev).values() if r["inputs"]["masked"]]
+    assert len(masked) == 2
+    for r in masked:
+        assert MASKABLE.match(r["inputs"]["value"]), r["inputs"]["key"]
+        assert "\n" not in r["inputs"]["value"]
+
+
+def test_unmaskable_token_is_rejected_before_registration(program: Callable[..., Run]) -> None:
+    run = program({"dockerhubToken": "dckr pat with spaces"})
+    assert run.error is not None and "dockerhubToken" in run.error["message"]
+    assert run.resources == []
+
+
+def test_secrets_are_secret_inputs_and_outputs(dev: Run) -> None:
+    for key in ("DOCKERHUB_TOKEN", "GITLAB_PRIVATE_TOKEN", "SSH_PRIVATE_KEY"):
+        assert variables(dev)[key]["secret_paths"] == ["value"], key
+    assert variables(dev)["SSH_KNOWN_HOSTS"]["secret_paths"] == []
+    token = dev.named("mr-token")
+    assert "token" in token["additional_secret_outputs"] or "token" in _schema_secrets("gitlab", "ProjectAccessToken")
+    for key in dev.of_type("tls:index/privateKey:PrivateKey"):
+        assert {"privateKeyOpenssh", "privateKeyPem"} <= set(key["additional_secret_outputs"]) | _schema_secrets("tls", "PrivateKey")
+    for name, out in dev.outputs.items():
+        text = str(out["value"])
+        if "PRIVATE KEY" in text or "glpat-" in text or TEST_DOCKERHUB_TOKEN in text:
+            raise AssertionError(f"stack output {name} carries a secret")
+        if name == "argocdAdminPassword":
+            assert out["secret"] is True
+
+
+def _schema_secrets(package: str, resource: str) -> set[str]:
+    """Output properties the provider SDK marks secret itself (additional_secret_outputs in its code)."""
+    import importlib
+    import inspect
+    import re
+
+    module = importlib.import_module(f"pulumi_{package}")
+    source = inspect.getsource(getattr(module, resource))
+    found = set()
+    for group in re.findall(r"additional_secret_outputs=\[([^\]]*)\]", source):
+        found |= set(re.findall(r'"([A-Za-z]+)"', group))
+    return found
+
+
+def test_access_token_is_least_privilege_and_rotates(dev: Run) -> None:
+    token = dev.named("mr-token")["inputs"]
+    assert token["project"] == dev.named("manifest-project")["id"]
+    assert token["scopes"] == ["api"]
+    assert token["accessLevel"] == "developer"
+    assert token["rotationConfiguration"] == {"expirationDays": 30, "rotateBeforeDays": 7}
+    assert token["name"].endswith("-dev")
+
+
+def test_branch_protection(dev: Run) -> None:
+    rules = {r["name"]: r for r in dev.of_type("branchProtection:BranchProtection")}
+    manifest, app = rules["manifest-default-branch"], rules["app-default-branch"]
+    assert manifest["inputs"]["project"] == dev.named("manifest-project")["id"]
+    assert manifest["inputs"]["pushAccessLevel"] == "no one" and manifest["inputs"]["mergeAccessLevel"] == "developer"
+    assert manifest["inputs"]["allowForcePush"] is False
+    assert app["inputs"]["project"] == dev.named("app-project")["id"] and app["inputs"]["branch"] == "main"
+    # Protection comes after the seeded chart, or the seed commits would be refused.
+    seeded = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile")}
+    assert seeded <= set(manifest["dependencies"])
+
+
+def test_committed_files_hold_no_secret_and_are_seeded_once(dev: Run) -> None:
+    secrets = [TEST_DOCKERHUB_TOKEN, variables(dev)["GITLAB_PRIVATE_TOKEN"]["inputs"]["value"], "PRIVATE KEY"]
+    files = dev.of_type("repositoryFile:RepositoryFile")
+    assert {r["inputs"]["filePath"] for r in files} >= {".gitlab-ci.yml", "Chart.yaml", "values.yaml"}
+    for res in files:
+        for secret in secrets:
+            assert secret not in res["inputs"]["content"], res["inputs"]["filePath"]
+        assert res["retain_on_delete"] is True
+        if res["inputs"]["project"] == dev.named("manifest-project")["id"]:
+            assert res["ignore_changes"] == ["content"]
+    pipeline = dev.named("pipeline-file")["inputs"]["content"]
+    assert dev.named("manifest-project")["outputs"]["ssh_url_to_repo"] in pipeline
