@@ -69,6 +69,7 @@ def gitlab_ci_local(repo: Path, *args: str) -> str:
     result = subprocess.run(
         [tool, "--home", str(repo.parent / "gcl-home"), "--no-color", *args],
         cwd=repo,
+        check=False,
         capture_output=True,
         text=True,
         env=clean_env(),
@@ -122,7 +123,15 @@ def main_script(job: dict[str, Any]) -> str:
 def test_schema_accepts_the_pipeline() -> None:
     tool = require_tool("check-jsonschema")
     result = subprocess.run(
-        [tool, "--builtin-schema", "vendor.gitlab-ci", "--data-transform", "gitlab-ci", str(CI_FILE)],
+        [
+            tool,
+            "--builtin-schema",
+            "vendor.gitlab-ci",
+            "--data-transform",
+            "gitlab-ci",
+            str(CI_FILE),
+        ],
+        check=False,
         capture_output=True,
         text=True,
     )
@@ -134,22 +143,41 @@ def test_gitlab_ci_local_lists_the_three_jobs(ci_repo: Path) -> None:
     # The plain table as well: its first column holds the jobs that run on a push to main.
     table = gitlab_ci_local(ci_repo, "--list").splitlines()
     header = next(i for i, line in enumerate(table) if line.split()[:1] == ["name"])
-    assert {line.split()[0] for line in table[header + 1 :] if line.strip()} == {"test", "deploy"}
+    assert {line.split()[0] for line in table[header + 1 :] if line.strip()} == {
+        "test",
+        "deploy",
+    }
 
 
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
-        ("push-default-branch", {"test": "on_success", "preview": "never", "deploy": "manual"}),
-        ("push-feature-branch", {"test": "on_success", "preview": "never", "deploy": "never"}),
-        ("merge-request", {"test": "on_success", "preview": "on_success", "deploy": "never"}),
+        (
+            "push-default-branch",
+            {"test": "on_success", "preview": "never", "deploy": "manual"},
+        ),
+        (
+            "push-feature-branch",
+            {"test": "on_success", "preview": "never", "deploy": "never"},
+        ),
+        (
+            "merge-request",
+            {"test": "on_success", "preview": "on_success", "deploy": "never"},
+        ),
     ],
 )
-def test_rules_pick_jobs_per_event(ci_repo: Path, event: str, expected: dict[str, str]) -> None:
+def test_rules_pick_jobs_per_event(
+    ci_repo: Path, event: str, expected: dict[str, str]
+) -> None:
     args: list[str] = []
     if event != "push-default-branch":
         git = require_tool("git")
-        subprocess.run([git, "checkout", "-q", "-b", "feature"], cwd=ci_repo, check=True, env=clean_env())
+        subprocess.run(
+            [git, "checkout", "-q", "-b", "feature"],
+            cwd=ci_repo,
+            check=True,
+            env=clean_env(),
+        )
     if event == "merge-request":
         # An MR pipeline has no CI_COMMIT_BRANCH, only the MR variables.
         args = [
@@ -166,8 +194,12 @@ def test_rules_pick_jobs_per_event(ci_repo: Path, event: str, expected: dict[str
 def test_rules_not_only(expanded: dict[str, Any]) -> None:
     for name, job in jobs_of(expanded).items():
         assert "only" not in job and "except" not in job, name
-    assert expanded["preview"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
-    assert expanded["deploy"]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}]
+    assert expanded["preview"]["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}
+    ]
+    assert expanded["deploy"]["rules"] == [
+        {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}
+    ]
 
 
 def test_images_are_pinned(expanded: dict[str, Any]) -> None:
@@ -176,7 +208,9 @@ def test_images_are_pinned(expanded: dict[str, Any]) -> None:
     for name, job in jobs.items():
         image = image_of(job)
         tag = image.rpartition(":")[2]
-        assert tag != image and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned"
+        assert tag != image and tag != "latest" and re.search(r"\d", tag), (
+            f"{name}: {image} is not pinned"
+        )
         shell_for(image)
     assert {image_of(jobs[name]) for name in PULUMI_JOBS} == {image_of(jobs["preview"])}
     assert image_of(jobs["preview"]).startswith("pulumi/pulumi-python")
@@ -192,8 +226,15 @@ def test_job_scripts_pass_shellcheck(expanded: dict[str, Any], tmp_path: Path) -
         for section, text in sections.items():
             path = tmp_path / f"{name}-{section}.sh"
             path.write_text(text)
-            result = subprocess.run([shellcheck, "-s", shell, str(path)], capture_output=True, text=True)
-            assert result.returncode == 0, f"{name} ({section}, {shell}):\n{result.stdout}{result.stderr}"
+            result = subprocess.run(
+                [shellcheck, "-s", shell, str(path)],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 0, (
+                f"{name} ({section}, {shell}):\n{result.stdout}{result.stderr}"
+            )
 
 
 def test_test_job_runs_the_suite(expanded: dict[str, Any]) -> None:
@@ -229,7 +270,11 @@ def pulumi_stub(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def run_job(
-    expanded: dict[str, Any], name: str, stub: tuple[Path, Path], workdir: Path, **variables: str
+    expanded: dict[str, Any],
+    name: str,
+    stub: tuple[Path, Path],
+    workdir: Path,
+    **variables: str,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run a Pulumi job's script with a recording `pulumi`, as the runner's shell would."""
     bash = require_tool("bash")
@@ -245,10 +290,24 @@ def run_job(
         CI_PROJECT_DIR=str(workdir),
     )
     # Pipeline variables in GitLab's precedence, each expanded against those before it.
-    for key, value in {**expanded["variables"], **expanded[name].get("variables", {}), **variables}.items():
-        env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), str(value))
+    for key, value in {
+        **expanded["variables"],
+        **expanded[name].get("variables", {}),
+        **variables,
+    }.items():
+        env[key] = re.sub(
+            r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), str(value)
+        )
     env.pop("PULUMI_ACCESS_TOKEN", None)
-    result = subprocess.run([bash, str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [bash, str(script)],
+        cwd=workdir,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     calls = log.read_text().splitlines() if log.exists() else []
     return result, calls
 
@@ -256,7 +315,13 @@ def run_job(
 def test_pulumi_job_refuses_to_run_without_backend(
     expanded: dict[str, Any], pulumi_stub: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    result, calls = run_job(expanded, "preview", pulumi_stub, tmp_path / "job", PULUMI_CONFIG_PASSPHRASE="p4ssphrase")
+    result, calls = run_job(
+        expanded,
+        "preview",
+        pulumi_stub,
+        tmp_path / "job",
+        PULUMI_CONFIG_PASSPHRASE="p4ssphrase",
+    )
     assert result.returncode != 0
     assert "PULUMI_BACKEND_URL" in result.stderr
     assert calls == []
@@ -277,7 +342,10 @@ def test_pulumi_job_logs_in_to_the_backend_and_selects_the_stack(
     stack: str | None,
     command: str,
 ) -> None:
-    variables = {"PULUMI_BACKEND_URL": "s3://state-bucket/bootstrap", "PULUMI_CONFIG_PASSPHRASE": "p4ssphrase"}
+    variables = {
+        "PULUMI_BACKEND_URL": "s3://state-bucket/bootstrap",
+        "PULUMI_CONFIG_PASSPHRASE": "p4ssphrase",
+    }
     if stack:
         variables["STACK"] = stack
     result, calls = run_job(expanded, job, pulumi_stub, tmp_path / "job", **variables)
