@@ -62,7 +62,9 @@ class AppDeployment(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             "app-namespace",
             metadata={"name": args.namespace, "labels": {"app.kubernetes.io/managed-by": "argocd"}},
-            opts=child,
+            # Destroy removes the app namespace after the Application and before Argo CD,
+            # so nothing Argo CD deployed is left running without its controller.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd])),
         )
         repo_url = pulumi.Output.from_input(args.repo_url).apply(with_git_suffix)
         repo_secret = k8s.core.v1.Secret(
@@ -104,6 +106,6 @@ class AppDeployment(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret])),
         )
         self.namespace = namespace.metadata.name
-        self.application_name = application.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.application = application
         self.repo_url = repo_url
         self.register_outputs({"namespace": self.namespace, "repoUrl": repo_url})

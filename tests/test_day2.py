@@ -1,0 +1,168 @@
+"""Day two under mocks: destroy order, credential rotation, two stacks side by side."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+from tests.conftest import Run
+
+ARGO = "gitops:argocd:ArgoCd$"
+WEBHOOK = {"argocdExternalUrl": "https://argocd.example.com"}
+
+
+def closure(run: Run) -> dict[str, set[str]]:
+    """For each URN, everything it depends on, directly or transitively."""
+    direct = {r["urn"]: set(r["dependencies"]) for r in run.resources}
+    memo: dict[str, set[str]] = {}
+
+    def visit(urn: str) -> set[str]:
+        if urn not in memo:
+            memo[urn] = set()
+            for dep in direct.get(urn, ()):
+                memo[urn] |= {dep} | visit(dep)
+        return memo[urn]
+
+    for urn in direct:
+        visit(urn)
+    return memo
+
+
+def delete_order(run: Run) -> list[str]:
+    """A delete order the engine could take: reverse topological order of the dependencies."""
+    deps = {r["urn"]: set(r["dependencies"]) for r in run.resources if r["custom"]}
+    dependents: dict[str, set[str]] = defaultdict(set)
+    for urn, ds in deps.items():
+        for d in ds:
+            dependents[d].add(urn)
+    order: list[str] = []
+    remaining = dict(deps)
+    while remaining:
+        # Deletable: nothing still present depends on it.
+        ready = sorted(u for u in remaining if not (dependents[u] & remaining.keys()))
+        assert ready, "dependency cycle"
+        for u in ready:
+            order.append(u)
+            del remaining[u]
+    return order
+
+
+def phases(run: Run) -> dict[str, set[str]]:
+    groups: dict[str, set[str]] = defaultdict(set)
+    for r in run.resources:
+        if not r["custom"]:
+            continue
+        kind = r["type"].rsplit(":", 1)[-1]
+        if r["name"] == "application":
+            groups["1 application"].add(r["urn"])
+        elif r["name"] == "app-namespace":
+            groups["2 app namespace"].add(r["urn"])
+        elif ARGO in r["urn"] and r["name"] == "argocd-namespace":
+            groups["5 argocd namespace"].add(r["urn"])
+        elif ARGO in r["urn"] and kind == "CustomResourceDefinition":
+            groups["4 crds"].add(r["urn"])
+        elif ARGO in r["urn"] and r["type"].startswith("kubernetes:"):
+            groups["3 argocd workloads and config"].add(r["urn"])
+    return groups
+
+
+def test_destroy_order_is_forced_by_dependencies(dev: Run) -> None:
+    groups = phases(dev)
+    assert len(groups["3 argocd workloads and config"]) == 59 - 3
+    names = sorted(groups)
+    deps = closure(dev)
+    # Every member of an earlier phase depends (transitively) on every member of each later
+    # one, so any order the engine picks deletes the earlier phase first.
+    for i, earlier in enumerate(names):
+        for later in names[i + 1 :]:
+            for a in groups[earlier]:
+                missing = groups[later] - deps[a]
+                assert not missing, f"{a} ({earlier}) does not outlast {sorted(missing)[:2]} ({later})"
+    order = delete_order(dev)
+    position = {urn: i for i, urn in enumerate(order)}
+    for i, earlier in enumerate(names):
+        for later in names[i + 1 :]:
+            assert max(position[u] for u in groups[earlier]) < min(position[u] for u in groups[later])
+
+
+def test_gitlab_credentials_are_removed_projects_kept(dev: Run) -> None:
+    credentials = dev.of_type("deployKey:DeployKey") + dev.of_type("projectVariable:ProjectVariable") + dev.of_type(
+        "projectAccessToken:ProjectAccessToken"
+    )
+    assert credentials and all(not r["retain_on_delete"] and not r["protect"] for r in credentials)
+    for project in dev.of_type("project:Project"):
+        assert project["inputs"]["archiveOnDestroy"] is True or project["retain_on_delete"] is True
+
+
+CREDENTIALS = {"argocd-repo-key", "ci-push-key", "mr-token", "argocd-webhook-secret"}
+CONSUMERS = {
+    "argocd-deploy-key": "argocd-repo-key",
+    "manifest-repo": "argocd-repo-key",
+    "ci-deploy-key": "ci-push-key",
+    "ssh-private-key": "ci-push-key",
+    "gitlab-private-token": "mr-token",
+    "argocd-secret": "argocd-webhook-secret",
+    "argocd-webhook": "argocd-webhook-secret",
+}
+
+
+def test_rotation_changes_exactly_the_credentials(program: Callable[..., Run]) -> None:
+    first = program({**WEBHOOK, "credentialsEpoch": "1"})
+    second = program({**WEBHOOK, "credentialsEpoch": "2"})
+    assert first.error is None and second.error is None
+    assert {r["urn"] for r in first.resources} == {r["urn"] for r in second.resources}
+    before = first.by_urn()
+    changed = {
+        r["name"]
+        for r in second.resources
+        if r["inputs"] != before[r["urn"]]["inputs"] or r["replacement_trigger"] != before[r["urn"]]["replacement_trigger"]
+    }
+    assert changed == CREDENTIALS | set(CONSUMERS)
+    for name in CREDENTIALS:
+        res = second.named(name)
+        # Replacement is create-before-delete: the new credential exists, consumers are
+        # updated to it, and only then is the old one deleted.
+        assert res["delete_before_replace"] is False
+    urns = {r["name"]: r["urn"] for r in second.resources}
+    for consumer, credential in CONSUMERS.items():
+        assert urns[credential] in second.named(consumer)["dependencies"], (consumer, credential)
+        assert second.named(consumer)["delete_before_replace"] is False
+    # Consumers switch only once GitLab accepts the new key.
+    assert urns["argocd-deploy-key"] in second.named("manifest-repo")["dependencies"]
+    assert urns["ci-deploy-key"] in second.named("ssh-private-key")["dependencies"]
+
+
+def test_two_stacks_do_not_collide(program: Callable[..., Run]) -> None:
+    group = {"gitlabGroup": "acme/platform"}
+    dev = program(group, stack="dev")
+    prod = program(group, stack="prod")
+    assert dev.error is None and prod.error is None, (dev.error, prod.error)
+
+    def gitlab_names(run: Run) -> set[tuple[str, ...]]:
+        names: set[tuple[str, ...]] = set()
+        for r in run.of_type("project:Project"):
+            names.add(("project", r["inputs"]["path"]))
+        for r in run.of_type("deployKey:DeployKey"):
+            names.add(("deploy key title", r["inputs"]["title"]))
+        for r in run.of_type("projectAccessToken:ProjectAccessToken"):
+            names.add(("token", r["inputs"]["name"]))
+        return names
+
+    assert gitlab_names(dev) and not (gitlab_names(dev) & gitlab_names(prod))
+    # Variables live on each stack's own app project, so keys repeat but never on one project.
+    dev_projects = {r["inputs"]["project"] for r in dev.of_type("projectVariable:ProjectVariable")}
+    prod_projects = {r["inputs"]["project"] for r in prod.of_type("projectVariable:ProjectVariable")}
+    assert dev_projects and not (dev_projects & prod_projects)
+
+    def cluster_scoped(run: Run, context: str) -> set[tuple[str, str, str]]:
+        return {
+            (context, r["inputs"]["kind"], r["inputs"]["metadata"]["name"])
+            for r in run.resources
+            if r["custom"] and r["type"].startswith("kubernetes:") and "namespace" not in r["inputs"].get("metadata", {"namespace": 1})
+        }
+
+    dev_context = dev.named("k8s", "providers:kubernetes")["inputs"].get("context", "<current>")
+    prod_context = prod.named("k8s", "providers:kubernetes")["inputs"].get("context", "<current>")
+    assert dev_context != prod_context
+    assert not (cluster_scoped(dev, dev_context) & cluster_scoped(prod, prod_context))
+    assert prod.outputs["argocdNamespace"]["value"] == "argocd"
