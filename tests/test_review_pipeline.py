@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +256,7 @@ def test_no_pulumi_cloud_account_needed() -> None:
 
 
 @pytest.fixture
-def pulumi_stub(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def pulumi_stub(tmp_path: Path) -> tuple[Path, Path]:
     """A PATH directory whose `pulumi` only records its arguments, plus the record file."""
     bin_dir = tmp_path / "stub-bin"
     bin_dir.mkdir()
@@ -266,7 +265,7 @@ def pulumi_stub(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     stub.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$PULUMI_STUB_LOG"\n')
     stub.chmod(0o755)
     (bin_dir / "python").symlink_to(sys.executable)
-    yield bin_dir, log
+    return bin_dir, log
 
 
 def run_job(
