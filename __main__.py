@@ -44,9 +44,7 @@ kubernetes = k8s.Provider(
 )
 k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
 
-credentials = Credentials(
-    "credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None)
-)
+credentials = Credentials("credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None))
 projects = GitLabProjects("gitlab", settings.gitlab)
 content = RepositoryContent(
     "repository-content",

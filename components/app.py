@@ -14,9 +14,7 @@ APP_FINALIZER = "resources-finalizer.argocd.argoproj.io"
 IN_CLUSTER = "https://kubernetes.default.svc"
 
 
-def application_spec(
-    repo_url: str, path: str, revision: str, namespace: str, project: str = "default"
-) -> dict[str, Any]:
+def application_spec(repo_url: str, path: str, revision: str, namespace: str, project: str = "default") -> dict[str, Any]:
     """The Application's spec: follow ``revision`` of the chart and keep the cluster in sync."""
     return {
         "project": project,
@@ -97,9 +95,7 @@ class AppDeployment(pulumi.ComponentResource):
                 # Application itself goes, so destroy leaves no workloads behind.
                 "finalizers": [APP_FINALIZER],
             },
-            spec=repo_url.apply(
-                lambda url: application_spec(url, args.chart_path, args.target_revision, args.namespace)
-            ),
+            spec=repo_url.apply(lambda url: application_spec(url, args.chart_path, args.target_revision, args.namespace)),
             # Depending on the whole Argo CD install (its CRDs and ready workloads) and the app
             # namespace makes destroy delete the Application first, while the controller that
             # honours its finalizer still runs and before its namespace disappears.

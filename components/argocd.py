@@ -84,9 +84,7 @@ class ArgoCd(pulumi.ComponentResource):
             return obj
         # Only this key is sent; server-side apply leaves the keys argocd-server writes
         # itself (server.secretkey) to their own field manager, so they survive updates.
-        data = pulumi.Output.secret(secret).apply(
-            lambda s: {WEBHOOK_SECRET_KEY: base64.b64encode(s.encode()).decode()}
-        )
+        data = pulumi.Output.secret(secret).apply(lambda s: {WEBHOOK_SECRET_KEY: base64.b64encode(s.encode()).decode()})
         return {**obj, "data": data}
 
     def _read_admin_password(self, namespace: str) -> pulumi.Output[str]:
@@ -99,6 +97,4 @@ class ArgoCd(pulumi.ComponentResource):
             secret_id,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.server]),
         )
-        return pulumi.Output.secret(
-            secret.data.apply(lambda d: base64.b64decode((d or {}).get("password", "")).decode())
-        )
+        return pulumi.Output.secret(secret.data.apply(lambda d: base64.b64decode((d or {}).get("password", "")).decode()))

@@ -54,6 +54,4 @@ class Credentials(pulumi.ComponentResource):
             )
             self.webhook_secret = pulumi.Output.secret(webhook.result)
 
-        self.register_outputs(
-            {"argocdPublicKey": self.argocd_public_key, "ciPublicKey": self.ci_public_key}
-        )
+        self.register_outputs({"argocdPublicKey": self.argocd_public_key, "ciPublicKey": self.ci_public_key})

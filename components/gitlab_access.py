@@ -81,6 +81,7 @@ class GitLabAccess(pulumi.ComponentResource):
         hidden = True if args.hide_variables else None
         app_id = args.app.id
         auth = pulumi.Output.secret(args.dockerhub_token).apply(lambda t: docker_auth(args.dockerhub_user, t))
+        token_value: pulumi.Output[str] = pulumi.Output.secret(self.mr_token.token.apply(str))
         self.variables = [
             gitlab.ProjectVariable(
                 "dockerhub-token",
@@ -114,7 +115,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 "gitlab-private-token",
                 project=app_id,
                 key="GITLAB_PRIVATE_TOKEN",
-                value=pulumi.Output.secret(self.mr_token.token),
+                value=token_value,
                 masked=True,
                 protected=True,
                 hidden=hidden,

@@ -36,9 +36,15 @@ class GitLabProjects(pulumi.ComponentResource):
         if args.group and not (args.app_project.adopted and args.manifest_project.adopted):
             group = gitlab.get_group_output(full_path=args.group, opts=pulumi.InvokeOptions(parent=self))
             namespace_id = group.group_id
-        self.app = self._project("app-project", "Application source; its pipeline builds the image.", args.app_project, args, namespace_id)
+        self.app = self._project(
+            "app-project", "Application source; its pipeline builds the image.", args.app_project, args, namespace_id
+        )
         self.manifest = self._project(
-            "manifest-project", "Helm chart that Argo CD deploys; changed only through merge requests.", args.manifest_project, args, namespace_id
+            "manifest-project",
+            "Helm chart that Argo CD deploys; changed only through merge requests.",
+            args.manifest_project,
+            args,
+            namespace_id,
         )
         self.register_outputs(
             {

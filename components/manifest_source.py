@@ -78,9 +78,11 @@ def _verify(data: bytes, expected: str, source: str) -> bytes:
 
 
 def _download(url: str) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "gitops-bootstrap"})
+    if not url.startswith("https://"):
+        raise ManifestError(f"refusing to download {url}: only https:// URLs are allowed")
+    request = urllib.request.Request(url, headers={"User-Agent": "gitops-bootstrap"})  # noqa: S310 - checked above
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:  # noqa: S310 - https only
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:  # noqa: S310 - checked above
             data: bytes = response.read()
             return data
     except OSError as exc:

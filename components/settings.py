@@ -116,9 +116,20 @@ KEYS: tuple[Key, ...] = (
     Key("appNamespace", "string", "Namespace the application is deployed into.", "gitops-demo", default="gitops-demo"),
     Key("appName", "string", "Name of the Argo CD Application and of the chart.", "webapp", default="webapp"),
     Key("chartPath", "string", "Path of the chart inside the manifest project.", ".", default="."),
-    Key("gitlabGroup", "string", "Full path of the GitLab group for both projects; empty uses the token owner's namespace.", "acme/platform"),
+    Key(
+        "gitlabGroup",
+        "string",
+        "Full path of the GitLab group for both projects; empty uses the token owner's namespace.",
+        "acme/platform",
+    ),
     Key("appProject", "string", "Path of the app project to create.", "gitops-demo-app", default="gitops-demo-app"),
-    Key("manifestProject", "string", "Path of the manifest (chart) project to create.", "gitops-demo-chart", default="gitops-demo-chart"),
+    Key(
+        "manifestProject",
+        "string",
+        "Path of the manifest (chart) project to create.",
+        "gitops-demo-chart",
+        default="gitops-demo-chart",
+    ),
     Key("adoptAppProject", "string", "Full path of an existing app project to manage instead of creating one.", "acme/webapp"),
     Key(
         "adoptManifestProject",
@@ -147,7 +158,9 @@ KEYS: tuple[Key, ...] = (
     Key("credentialsEpoch", "integer", "Bump to rotate every generated credential.", "1", default=1),
     Key("dockerhubUser", "string", "Docker Hub user that pushes the image.", "acme"),
     Key("dockerhubToken", "string", "Docker Hub access token with Read & Write scope.", "dckr_pat_…", secret=True),
-    Key("imageRepository", "string", "Image repository; defaults to docker.io/<dockerhubUser>/<appName>.", "docker.io/acme/webapp"),
+    Key(
+        "imageRepository", "string", "Image repository; defaults to docker.io/<dockerhubUser>/<appName>.", "docker.io/acme/webapp"
+    ),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -370,7 +383,12 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         r.check("argocdExternalUrl", external_url, _https_url, "must be an https:// URL")
         external_url = external_url.rstrip("/")
     timeout = r.string("argocdReconciliationTimeout") or ""
-    r.check("argocdReconciliationTimeout", timeout, lambda v: _DURATION.match(v) is not None, "must be a duration such as 120s, 5m or 1h")
+    r.check(
+        "argocdReconciliationTimeout",
+        timeout,
+        lambda v: _DURATION.match(v) is not None,
+        "must be a duration such as 120s, 5m or 1h",
+    )
 
     app_name = r.string("appName") or ""
     if not _DNS_LABEL.match(app_name) or len(app_name) > 53:
@@ -385,9 +403,16 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     for which in ("app", "manifest"):
         path_key, adopt_key = f"{which}Project", f"adopt{which.capitalize()}Project"
         path = r.string(path_key) or ""
-        r.check(path_key, path, lambda v: _PROJECT_PATH.match(v) is not None, "must be a project path: letters, digits, '_', '-', '.'")
+        r.check(
+            path_key, path, lambda v: _PROJECT_PATH.match(v) is not None, "must be a project path: letters, digits, '_', '-', '.'"
+        )
         adopt = r.string(adopt_key)
-        r.check(adopt_key, adopt, lambda v: "/" in v and _FULL_PATH.match(v) is not None, "must be a project's full path, namespace included")
+        r.check(
+            adopt_key,
+            adopt,
+            lambda v: "/" in v and _FULL_PATH.match(v) is not None,
+            "must be a project's full path, namespace included",
+        )
         projects[which] = ProjectSettings(path=path, adopt=adopt)
     if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
         r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
@@ -401,7 +426,9 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         "must be a branch name",
     )
     on_destroy = r.string("projectsOnDestroy") or ""
-    r.check("projectsOnDestroy", on_destroy, lambda v: v in PROJECTS_ON_DESTROY, f"must be one of {', '.join(PROJECTS_ON_DESTROY)}")
+    r.check(
+        "projectsOnDestroy", on_destroy, lambda v: v in PROJECTS_ON_DESTROY, f"must be one of {', '.join(PROJECTS_ON_DESTROY)}"
+    )
     known_hosts = r.lines("gitlabSshKnownHosts")
     if not known_hosts:
         r.bad("gitlabSshKnownHosts", "is required: CI and Argo CD check the GitLab SSH host key against it")

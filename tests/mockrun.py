@@ -145,7 +145,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.report = report
         self.mocks_ref = mocks
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+    def RegisterResource(self, request: Any) -> Any:
         trigger = None
         if request.HasField("replacement_trigger"):
             trigger = json_format.MessageToDict(request.replacement_trigger)
@@ -180,7 +180,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         )
         return response
 
-    def ReadResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+    def ReadResource(self, request: Any) -> Any:
         response = super().ReadResource(request)
         self.report["reads"].append(
             {
@@ -224,7 +224,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     mocks = Mocks(report)
     monitor = RecordingMonitor(mocks, report)
-    pulumi.runtime.set_mocks(mocks, project=project, stack=job.get("stack", "dev"), preview=job.get("preview", False), monitor=monitor)
+    pulumi.runtime.set_mocks(
+        mocks, project=project, stack=job.get("stack", "dev"), preview=job.get("preview", False), monitor=monitor
+    )
 
     from pulumi.runtime.settings import get_root_resource
     from pulumi.runtime.sync_await import _sync_await
@@ -244,7 +246,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             secret = _sync_await(output.is_secret())
             outputs[key] = {"value": _plain(resolved), "secret": secret}
         report["outputs"] = outputs
-    except Exception as exc:  # noqa: BLE001 - the report carries the failure to the test
+    except Exception as exc:
         report["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
     return report
 

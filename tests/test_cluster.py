@@ -153,7 +153,11 @@ def test_custom_namespace_leaves_no_reference_to_argocd(program: Callable[..., R
     assert offending == []
     subjects = [s for r in run.of_type("ClusterRoleBinding") for s in r["inputs"]["subjects"]]
     assert len(subjects) == 3 and {s["namespace"] for s in subjects} == {"gitops-system"}
-    namespaced = [r for r in install_objects(run) if r["inputs"]["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")]
+    namespaced = [
+        r
+        for r in install_objects(run)
+        if r["inputs"]["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+    ]
     assert {r["inputs"]["metadata"]["namespace"] for r in namespaced} == {"gitops-system"}
     assert "-n gitops-system" in run.outputs["argocdPortForward"]["value"]
 
@@ -179,9 +183,14 @@ def test_overlays_keep_upstream_entries(dev: Run) -> None:
 
 
 def test_external_url_sets_url_and_webhook_secret(program: Callable[..., Run]) -> None:
-    run = program({"argocdExternalUrl": "https://argocd.example.com/", "gitlabSshKnownHosts": json.dumps(
-        ["[gitlab.internal]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf"]
-    )})
+    run = program(
+        {
+            "argocdExternalUrl": "https://argocd.example.com/",
+            "gitlabSshKnownHosts": json.dumps(
+                ["[gitlab.internal]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf"]
+            ),
+        }
+    )
     assert run.error is None, run.error
     assert run.named("argocd-cm")["inputs"]["data"]["url"] == "https://argocd.example.com"
     known = run.named("argocd-ssh-known-hosts-cm")["inputs"]["data"]["ssh_known_hosts"]
@@ -225,6 +234,14 @@ def test_config_keys_are_declared(dev: Run) -> None:
     read = {k.removeprefix("gitops-bootstrap:") for k in dev.report["config_reads"]}
     assert read, "the program reads its config"
     assert read <= set(declared), f"undeclared keys read: {sorted(read - set(declared))}"
-    for key in ("argocdVersion", "argocdHa", "argocdNamespace", "argocdManifest", "argocdManifestSha256", "appNamespace", "appName"):
+    for key in (
+        "argocdVersion",
+        "argocdHa",
+        "argocdNamespace",
+        "argocdManifest",
+        "argocdManifestSha256",
+        "appNamespace",
+        "appName",
+    ):
         assert key in declared
     assert declared["dockerhubToken"].get("secret") is True

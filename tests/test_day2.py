@@ -86,8 +86,10 @@ def test_destroy_order_is_forced_by_dependencies(dev: Run) -> None:
 
 
 def test_gitlab_credentials_are_removed_projects_kept(dev: Run) -> None:
-    credentials = dev.of_type("deployKey:DeployKey") + dev.of_type("projectVariable:ProjectVariable") + dev.of_type(
-        "projectAccessToken:ProjectAccessToken"
+    credentials = (
+        dev.of_type("deployKey:DeployKey")
+        + dev.of_type("projectVariable:ProjectVariable")
+        + dev.of_type("projectAccessToken:ProjectAccessToken")
     )
     assert credentials and all(not r["retain_on_delete"] and not r["protect"] for r in credentials)
     for project in dev.of_type("project:Project"):
@@ -158,7 +160,9 @@ def test_two_stacks_do_not_collide(program: Callable[..., Run]) -> None:
         return {
             (context, r["inputs"]["kind"], r["inputs"]["metadata"]["name"])
             for r in run.resources
-            if r["custom"] and r["type"].startswith("kubernetes:") and "namespace" not in r["inputs"].get("metadata", {"namespace": 1})
+            if r["custom"]
+            and r["type"].startswith("kubernetes:")
+            and "namespace" not in r["inputs"].get("metadata", {"namespace": 1})
         }
 
     dev_context = dev.named("k8s", "providers:kubernetes")["inputs"].get("context", "<current>")
