@@ -19,9 +19,7 @@ CHART_VERSION = "0.1.0"
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,51}[a-z0-9])?$")
 # Registry host (optional port) and path components, without a tag or digest.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(
-    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$"
-)
+_REPOSITORY_RE = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 # An OCI tag; it also keeps the CI job's sed replacement free of `/`, `&` and quotes.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -39,27 +37,17 @@ class ChartSpec:
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name):
-            raise ValueError(
-                f"chart name {self.name!r} must be a DNS-1035 label of at most 53 characters"
-            )
+            raise ValueError(f"chart name {self.name!r} must be a DNS-1035 label of at most 53 characters")
         if not _REPOSITORY_RE.fullmatch(self.image_repository):
-            raise ValueError(
-                f"image repository {self.image_repository!r} must be a registry path without tag or digest"
-            )
+            raise ValueError(f"image repository {self.image_repository!r} must be a registry path without tag or digest")
         if not _TAG_RE.fullmatch(self.app_version):
-            raise ValueError(
-                f"app version {self.app_version!r} is not a valid image tag"
-            )
+            raise ValueError(f"app version {self.app_version!r} is not a valid image tag")
         if not 1 <= self.container_port <= 65535:
             raise ValueError(f"container port {self.container_port} is out of range")
         if self.replicas < 0:
             raise ValueError(f"replicas {self.replicas} must not be negative")
-        if not self.health_path.startswith("/") or any(
-            c.isspace() for c in self.health_path
-        ):
-            raise ValueError(
-                f"health path {self.health_path!r} must be an absolute URL path"
-            )
+        if not self.health_path.startswith("/") or any(c.isspace() for c in self.health_path):
+            raise ValueError(f"health path {self.health_path!r} must be an absolute URL path")
 
 
 class _Quoted(str):
@@ -74,16 +62,12 @@ class _ChartDumper(yaml.SafeDumper):
 
 _ChartDumper.add_representer(
     _Quoted,
-    lambda dumper, data: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", str(data), style='"'
-    ),
+    lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style='"'),
 )
 
 
 def _dump(data: dict[str, Any]) -> str:
-    return yaml.dump(
-        data, Dumper=_ChartDumper, sort_keys=False, default_flow_style=False
-    )
+    return yaml.dump(data, Dumper=_ChartDumper, sort_keys=False, default_flow_style=False)
 
 
 def _chart_yaml(spec: ChartSpec) -> str:

@@ -85,20 +85,13 @@ def sed_bump(chart_dir: Path, tag: str) -> None:
     )
 
 
-def render(
-    helm: ModuleType, chart_dir: Path, values: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def render(helm: ModuleType, chart_dir: Path, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     chart = helm.Chart.load(str(chart_dir))
     try:
         manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
     finally:
         chart.close()
-    objects = [
-        obj
-        for text in manifests.values()
-        for obj in yaml.safe_load_all(text)
-        if obj is not None
-    ]
+    objects = [obj for text in manifests.values() for obj in yaml.safe_load_all(text) if obj is not None]
     assert objects, "the chart rendered no objects"
     return objects
 
@@ -116,16 +109,12 @@ def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def assert_valid_kubernetes(
-    kubernetes_validate: ModuleType, objects: list[dict[str, Any]]
-) -> None:
+def assert_valid_kubernetes(kubernetes_validate: ModuleType, objects: list[dict[str, Any]]) -> None:
     for obj in objects:
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as err:
-            pytest.fail(
-                f"{obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {KUBE_VERSION}: {err.message}"
-            )
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {KUBE_VERSION}: {err.message}")
 
 
 @pytest.fixture(params=SPECS, ids=lambda spec: spec.name)
@@ -142,9 +131,7 @@ def chart_dir(spec: ChartSpec, tmp_path: Path) -> Path:
 def test_chart_yaml_has_quoted_app_version_line(spec: ChartSpec) -> None:
     text = render_chart(spec)["Chart.yaml"]
     # Exactly one line, top level, double-quoted: the sed in CI depends on all three.
-    assert re.findall(r"^appVersion:.*$", text, re.MULTILINE) == [
-        f'appVersion: "{spec.app_version}"'
-    ]
+    assert re.findall(r"^appVersion:.*$", text, re.MULTILINE) == [f'appVersion: "{spec.app_version}"']
     meta = yaml.safe_load(text)
     assert meta["apiVersion"] == "v2"
     assert meta["name"] == spec.name
@@ -171,17 +158,13 @@ def test_helm_lint_is_clean(helm: ModuleType, chart_dir: Path) -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-def test_rendered_objects_are_valid_kubernetes(
-    helm: ModuleType, kubernetes_validate: ModuleType, chart_dir: Path
-) -> None:
+def test_rendered_objects_are_valid_kubernetes(helm: ModuleType, kubernetes_validate: ModuleType, chart_dir: Path) -> None:
     objects = render(helm, chart_dir)
     assert sorted(obj["kind"] for obj in objects) == ["Deployment", "Service"]
     assert_valid_kubernetes(kubernetes_validate, objects)
 
 
-def test_deployment_runs_the_spec(
-    helm: ModuleType, spec: ChartSpec, chart_dir: Path
-) -> None:
+def test_deployment_runs_the_spec(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
     objects = render(helm, chart_dir)
     deployment = only(objects, "Deployment")
     assert deployment["spec"]["replicas"] == spec.replicas
@@ -193,13 +176,9 @@ def test_deployment_runs_the_spec(
 
     main = container(objects)
     assert main["image"] == f"{spec.image_repository}:{spec.app_version}"
-    assert main["ports"] == [
-        {"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}
-    ]
+    assert main["ports"] == [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert main[probe]["httpGet"] == {"path": spec.health_path, "port": "http"}, (
-            probe
-        )
+        assert main[probe]["httpGet"] == {"path": spec.health_path, "port": "http"}, probe
     requests = main["resources"]["requests"]
     assert requests["cpu"] and requests["memory"]
     assert main["resources"]["limits"]["memory"]
@@ -243,21 +222,14 @@ def test_sed_bump_changes_the_image(
     objects = render(helm, chart_dir)
     assert_valid_kubernetes(kubernetes_validate, objects)
     assert container(objects)["image"] == f"{spec.image_repository}:{tag}"
-    assert (
-        only(objects, "Deployment")["metadata"]["labels"]["app.kubernetes.io/version"]
-        == tag
-    )
+    assert only(objects, "Deployment")["metadata"]["labels"]["app.kubernetes.io/version"] == tag
     # Nothing else in Chart.yaml moved.
     original = render_chart(spec)["Chart.yaml"].splitlines()
-    changed = [
-        (a, b) for a, b in zip(original, chart_yaml.splitlines(), strict=True) if a != b
-    ]
+    changed = [(a, b) for a, b in zip(original, chart_yaml.splitlines(), strict=True) if a != b]
     assert changed == [(f'appVersion: "{spec.app_version}"', f'appVersion: "{tag}"')]
 
 
-def test_values_tag_overrides_app_version(
-    helm: ModuleType, spec: ChartSpec, chart_dir: Path
-) -> None:
+def test_values_tag_overrides_app_version(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
     objects = render(helm, chart_dir, {"image": {"tag": "pinned"}})
     assert container(objects)["image"] == f"{spec.image_repository}:pinned"
 

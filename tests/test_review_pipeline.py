@@ -94,11 +94,7 @@ def expanded(ci_repo: Path) -> dict[str, Any]:
 
 
 def jobs_of(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        name: body
-        for name, body in config.items()
-        if name not in GLOBAL_KEYS and not name.startswith(".")
-    }
+    return {name: body for name, body in config.items() if name not in GLOBAL_KEYS and not name.startswith(".")}
 
 
 def image_of(job: dict[str, Any]) -> str:
@@ -165,9 +161,7 @@ def test_gitlab_ci_local_lists_the_three_jobs(ci_repo: Path) -> None:
         ),
     ],
 )
-def test_rules_pick_jobs_per_event(
-    ci_repo: Path, event: str, expected: dict[str, str]
-) -> None:
+def test_rules_pick_jobs_per_event(ci_repo: Path, event: str, expected: dict[str, str]) -> None:
     args: list[str] = []
     if event != "push-default-branch":
         git = require_tool("git")
@@ -193,12 +187,8 @@ def test_rules_pick_jobs_per_event(
 def test_rules_not_only(expanded: dict[str, Any]) -> None:
     for name, job in jobs_of(expanded).items():
         assert "only" not in job and "except" not in job, name
-    assert expanded["preview"]["rules"] == [
-        {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}
-    ]
-    assert expanded["deploy"]["rules"] == [
-        {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}
-    ]
+    assert expanded["preview"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert expanded["deploy"]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}]
 
 
 def test_images_are_pinned(expanded: dict[str, Any]) -> None:
@@ -207,9 +197,7 @@ def test_images_are_pinned(expanded: dict[str, Any]) -> None:
     for name, job in jobs.items():
         image = image_of(job)
         tag = image.rpartition(":")[2]
-        assert tag != image and tag != "latest" and re.search(r"\d", tag), (
-            f"{name}: {image} is not pinned"
-        )
+        assert tag != image and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned"
         shell_for(image)
     assert {image_of(jobs[name]) for name in PULUMI_JOBS} == {image_of(jobs["preview"])}
     assert image_of(jobs["preview"]).startswith("pulumi/pulumi-python")
@@ -231,9 +219,7 @@ def test_job_scripts_pass_shellcheck(expanded: dict[str, Any], tmp_path: Path) -
                 capture_output=True,
                 text=True,
             )
-            assert result.returncode == 0, (
-                f"{name} ({section}, {shell}):\n{result.stdout}{result.stderr}"
-            )
+            assert result.returncode == 0, f"{name} ({section}, {shell}):\n{result.stdout}{result.stderr}"
 
 
 def test_test_job_runs_the_suite(expanded: dict[str, Any]) -> None:
@@ -294,9 +280,7 @@ def run_job(
         **expanded[name].get("variables", {}),
         **variables,
     }.items():
-        env[key] = re.sub(
-            r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), str(value)
-        )
+        env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), str(value))
     env.pop("PULUMI_ACCESS_TOKEN", None)
     result = subprocess.run(
         [bash, str(script)],
