@@ -80,31 +80,18 @@ class PipelineSpec:
         ):
             value = getattr(self, name)
             if not isinstance(value, str) or not _NO_SPACE.match(value):
-                raise ValueError(
-                    f"{name} must be a non-empty string without whitespace: {value!r}"
-                )
+                raise ValueError(f"{name} must be a non-empty string without whitespace: {value!r}")
         if ":" in self.image_repository.rsplit("/", 1)[-1]:
-            raise ValueError(
-                "image_repository must not carry a tag; the pipeline sets it"
-            )
-        if not (
-            self.manifest_ssh_url.startswith("ssh://")
-            or re.match(r"^[^@/\s]+@[^:/\s]+:", self.manifest_ssh_url)
-        ):
-            raise ValueError(
-                f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}"
-            )
+            raise ValueError("image_repository must not carry a tag; the pipeline sets it")
+        if not (self.manifest_ssh_url.startswith("ssh://") or re.match(r"^[^@/\s]+@[^:/\s]+:", self.manifest_ssh_url)):
+            raise ValueError(f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}")
         if not self.bot_name.strip() or "@" not in self.bot_email:
             raise ValueError("bot_name and bot_email must identify the committer")
         if self.network_retries < 1 or self.retry_delay_seconds < 0:
-            raise ValueError(
-                "network_retries must be >= 1 and retry_delay_seconds >= 0"
-            )
+            raise ValueError("network_retries must be >= 1 and retry_delay_seconds >= 0")
         # It is spliced into a JSON document inside a printf format string.
         if any(char in self.registry_auth_url for char in "\"'%\\"):
-            raise ValueError(
-                "registry_auth_url must not contain quotes, % or backslashes"
-            )
+            raise ValueError("registry_auth_url must not contain quotes, % or backslashes")
 
 
 def _retry_function() -> str:
@@ -122,18 +109,13 @@ def _retry_function() -> str:
 
 def _require_tools(tools: str, packages: str) -> str:
     # Install only when missing, so the same line runs on a host that has the tools.
-    checks = " || ".join(
-        f"! command -v {tool} >/dev/null 2>&1" for tool in tools.split()
-    )
+    checks = " || ".join(f"! command -v {tool} >/dev/null 2>&1" for tool in tools.split())
     return f"if {checks}; then retry apk add --no-cache {packages}; fi"
 
 
 def _check_tag() -> str:
     # The tag lands in a sed replacement, a branch name and a URL: allow only tag characters.
-    return (
-        'case "$IMAGE_TAG" in ""|*[!A-Za-z0-9_.-]*) '
-        'echo "IMAGE_TAG is not a valid image tag: $IMAGE_TAG" >&2; exit 1;; esac'
-    )
+    return 'case "$IMAGE_TAG" in ""|*[!A-Za-z0-9_.-]*) echo "IMAGE_TAG is not a valid image tag: $IMAGE_TAG" >&2; exit 1;; esac'
 
 
 def build_script(spec: PipelineSpec) -> list[str]:
@@ -190,7 +172,9 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
             " | sed -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//'"
             " -e 's/^\"\\(.*\\)\"$/\\1/' -e \"s/^'\\(.*\\)'$/\\1/\" | head -n 1; }"
         ),
-        f'echo "MANIFEST_MR_NEEDED=true" > "$CI_PROJECT_DIR/{MANIFEST_DOTENV}"',
+        # The job starts in the project directory, where artifacts are collected.
+        f'DOTENV_FILE="$PWD/{MANIFEST_DOTENV}"',
+        'echo "MANIFEST_MR_NEEDED=true" > "$DOTENV_FILE"',
     ]
 
 
@@ -198,17 +182,14 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
     """Script lines that point the chart's appVersion at the new tag on a bot branch."""
     chart = '"$WORK_DIR/manifest/$CHART_FILE"'
     return [
-        (
-            'retry git clone --quiet --depth 1 --branch "$MANIFEST_DEFAULT_BRANCH"'
-            ' "$MANIFEST_SSH_URL" "$WORK_DIR/manifest"'
-        ),
+        ('retry git clone --quiet --depth 1 --branch "$MANIFEST_DEFAULT_BRANCH" "$MANIFEST_SSH_URL" "$WORK_DIR/manifest"'),
         'cd "$WORK_DIR/manifest"',
         f'if [ ! -f {chart} ]; then echo "$CHART_FILE not found in the manifest repository" >&2; exit 1; fi',
         # Already released on the default branch (e.g. MR merged, pipeline re-run): nothing to do.
         (
             f'if [ "$(app_version {chart})" = "$IMAGE_TAG" ]; then '
             'echo "$MANIFEST_DEFAULT_BRANCH already has appVersion $IMAGE_TAG";'
-            f' echo "MANIFEST_MR_NEEDED=false" > "$CI_PROJECT_DIR/{MANIFEST_DOTENV}"; exit 0; fi'
+            'echo "MANIFEST_MR_NEEDED=false" > "$DOTENV_FILE"; exit 0; fi'
         ),
         'retry git ls-remote --heads origin "refs/heads/$MANIFEST_BRANCH" > "$WORK_DIR/remote-branch"',
         'REMOTE_SHA="$(cut -f1 "$WORK_DIR/remote-branch")"',
@@ -230,10 +211,7 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
         f'test "$(app_version {chart})" = "$IMAGE_TAG"',
         'git config user.name "$BOT_NAME"',
         'git config user.email "$BOT_EMAIL"',
-        (
-            'git commit --quiet -m "Set appVersion to $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG"'
-            ' -- "$CHART_FILE"'
-        ),
+        ('git commit --quiet -m "Set appVersion to $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG" -- "$CHART_FILE"'),
         # The lease only lets us replace the branch state we just saw (empty: must not exist).
         (
             'retry git push --quiet --force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"'
@@ -251,10 +229,7 @@ def open_mr_before_script(spec: PipelineSpec) -> list[str]:
 def open_mr_script(spec: PipelineSpec) -> list[str]:
     """Script lines that open the manifest merge request; an existing one counts as success."""
     return [
-        (
-            'if [ "${MANIFEST_MR_NEEDED:-true}" != true ]; then '
-            'echo "No merge request needed for $IMAGE_TAG"; exit 0; fi'
-        ),
+        ('if [ "${MANIFEST_MR_NEEDED:-true}" != true ]; then echo "No merge request needed for $IMAGE_TAG"; exit 0; fi'),
         # The token goes to curl through a file, never through argv or the log.
         'printf \'PRIVATE-TOKEN: %s\\n\' "$GITLAB_PRIVATE_TOKEN" > "$WORK_DIR/headers"',
         (
@@ -349,14 +324,9 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
 def job_scripts(spec: PipelineSpec) -> dict[str, list[str]]:
     """Each job's shell lines as a runner executes them: before_script then script."""
     document = pipeline_document(spec)
-    return {
-        job: [*document[job].get("before_script", []), *document[job]["script"]]
-        for job in JOBS
-    }
+    return {job: [*document[job].get("before_script", []), *document[job]["script"]] for job in JOBS}
 
 
 def render_pipeline(spec: PipelineSpec) -> str:
     """The app project's `.gitlab-ci.yml` text."""
-    return yaml.safe_dump(
-        pipeline_document(spec), sort_keys=False, default_flow_style=False, width=4096
-    )
+    return yaml.safe_dump(pipeline_document(spec), sort_keys=False, default_flow_style=False, width=4096)

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
+from components.chart import ChartSpec, render_chart
 from components.pipeline import (
     BRANCH_PREFIX,
     JOB_BUILD,
@@ -43,9 +44,8 @@ from tests.tools import missing, require_tool
 SSHD = "/usr/sbin/sshd"
 PROJECT_ID = "4242"
 GITLAB_TOKEN = "glpat-TestOnlyToken-9f3k2"
-DOCKERHUB_TOKEN = (
-    "dXNlcjpka2NyX3BhdF9UZXN0T25seS04ZDJq"  # base64("user:dckr_pat_TestOnly-8d2j")
-)
+DOCKERHUB_TOKEN = "dXNlcjpka2NyX3BhdF9UZXN0T25seS04ZDJq"  # base64("user:dckr_pat_TestOnly-8d2j")
+# A hand-written Chart.yaml for the appVersion spellings the job must read.
 CHART_SEED = """\
 apiVersion: v2
 name: webapp
@@ -70,9 +70,7 @@ def make_spec(**overrides: Any) -> PipelineSpec:
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, f"git {' '.join(args)} failed: {result.stderr}"
     return result.stdout
 
@@ -120,17 +118,17 @@ def test_document_shape() -> None:
     assert not set(SECRET_VARIABLES) & set(variables)
     for job in JOBS:
         assert "only" not in document[job] and "except" not in document[job]
-        assert document[job]["rules"] == [
-            {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}
-        ]
+        assert document[job]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
         assert set(SECRET_VARIABLES).isdisjoint(document[job].get("variables", {}))
     build = document[JOB_BUILD]
     assert build["image"]["entrypoint"] == [""]
-    assert re.fullmatch(
-        r"moby/buildkit:v\d+\.\d+\.\d+-rootless", build["image"]["name"]
-    )
+    assert re.fullmatch(r"moby/buildkit:v\d+\.\d+\.\d+-rootless", build["image"]["name"])
     assert build["variables"]["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     assert build["interruptible"] is True
+    clone = [line for line in document[JOB_UPDATE_MANIFEST]["script"] if " clone " in line]
+    assert len(clone) == 1
+    assert '--depth 1 --branch "$MANIFEST_DEFAULT_BRANCH"' in clone[0]
+    assert "ssh-keyscan" not in render_pipeline(make_spec())
     for job in (JOB_UPDATE_MANIFEST, JOB_OPEN_MR):
         assert re.fullmatch(r"alpine:\d+\.\d+\.\d+", document[job]["image"])
         assert document[job]["retry"]["max"] >= 1
@@ -179,12 +177,7 @@ def test_spec_accepts_both_ssh_url_forms() -> None:
         "git@gitlab.com:acme/gitops-demo-chart.git",
         "ssh://git@gitlab.example.com:2222/acme/chart.git",
     ):
-        assert (
-            yaml.safe_load(render_pipeline(make_spec(manifest_ssh_url=url)))[
-                "variables"
-            ]["MANIFEST_SSH_URL"]
-            == url
-        )
+        assert yaml.safe_load(render_pipeline(make_spec(manifest_ssh_url=url)))["variables"]["MANIFEST_SSH_URL"] == url
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -238,9 +231,7 @@ def ci_checkout(tmp_path: Path) -> Path:
     return checkout
 
 
-def test_gitlab_ci_local_lists_jobs_in_stage_order(
-    ci_checkout: Path, tmp_path: Path
-) -> None:
+def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, tmp_path: Path) -> None:
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     rows = [line.split(";") for line in out.strip().splitlines()]
     header, jobs = rows[0], rows[1:]
@@ -249,9 +240,7 @@ def test_gitlab_ci_local_lists_jobs_in_stage_order(
         header.index("stage"),
         header.index("when"),
     )
-    assert [(row[name_col], row[stage_col]) for row in jobs] == list(
-        zip(JOBS, STAGES, strict=True)
-    )
+    assert [(row[name_col], row[stage_col]) for row in jobs] == list(zip(JOBS, STAGES, strict=True))
     assert all(row[when_col] == "on_success" for row in jobs)
 
     listed = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list")
@@ -259,26 +248,16 @@ def test_gitlab_ci_local_lists_jobs_in_stage_order(
     assert positions == sorted(positions)
 
 
-def test_gitlab_ci_local_skips_jobs_off_default_branch(
-    ci_checkout: Path, tmp_path: Path
-) -> None:
+def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, tmp_path: Path) -> None:
     git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     assert out.strip().splitlines()[1:] == []
-    everything = json.loads(
-        _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json")
-    )
-    assert {job["name"]: job["when"] for job in everything} == dict.fromkeys(
-        JOBS, "never"
-    )
+    everything = json.loads(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json"))
+    assert {job["name"]: job["when"] for job in everything} == dict.fromkeys(JOBS, "never")
 
 
-def test_gitlab_ci_local_preview_keeps_stages_and_jobs(
-    ci_checkout: Path, tmp_path: Path
-) -> None:
-    preview = yaml.safe_load(
-        _gitlab_ci_local(ci_checkout, tmp_path / "home", "--preview")
-    )
+def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, tmp_path: Path) -> None:
+    preview = yaml.safe_load(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--preview"))
     stages = [stage for stage in preview["stages"] if not stage.startswith(".")]
     assert stages == list(STAGES)
     for job, stage in zip(JOBS, STAGES, strict=True):
@@ -317,9 +296,7 @@ def _keygen(path: Path, comment: str) -> str:
     return path.with_suffix(".pub").read_text().split()[1]
 
 
-def _wait_for_banner(
-    port: int, process: subprocess.Popen[bytes], deadline: float
-) -> None:
+def _wait_for_banner(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"sshd exited with {process.returncode}")
@@ -432,20 +409,14 @@ def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("Content-Type", "").startswith("application/json"):
                 form = {k: str(v) for k, v in json.loads(raw).items()}
             else:
-                form = {
-                    k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()
-                }
-            request = RecordedRequest(
-                "POST", self.path, dict(self.headers.items()), form
-            )
+                form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+            request = RecordedRequest("POST", self.path, dict(self.headers.items()), form)
             with api.lock:
                 api.requests.append(request)
                 if api.forced_status is not None:
                     self._answer(api.forced_status, {"message": "forced failure"})
                     return
-                match = re.fullmatch(
-                    r"/api/v4/projects/([^/]+)/merge_requests", self.path
-                )
+                match = re.fullmatch(r"/api/v4/projects/([^/]+)/merge_requests", self.path)
                 if not match:
                     self._answer(404, {"message": "404 Not Found"})
                     return
@@ -453,24 +424,16 @@ def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
                     self._answer(401, {"message": "401 Unauthorized"})
                     return
                 if not form.get("source_branch") or not form.get("target_branch"):
-                    self._answer(
-                        400, {"message": "source_branch and target_branch required"}
-                    )
+                    self._answer(400, {"message": "source_branch and target_branch required"})
                     return
                 if form["source_branch"] in api.open_source_branches:
                     self._answer(
                         409,
-                        {
-                            "message": [
-                                "Another open merge request already exists for this source branch"
-                            ]
-                        },
+                        {"message": ["Another open merge request already exists for this source branch"]},
                     )
                     return
                 api.open_source_branches.add(form["source_branch"])
-                self._answer(
-                    201, {"iid": len(api.open_source_branches), "state": "opened"}
-                )
+                self._answer(201, {"iid": len(api.open_source_branches), "state": "opened"})
 
     return Handler
 
@@ -481,9 +444,7 @@ def mr_api() -> Iterator[FakeMergeRequestApi]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(api))
     server.timeout = 5
     api.base_url = f"http://127.0.0.1:{server.server_address[1]}/api/v4"
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
         yield api
@@ -502,14 +463,29 @@ class Manifest:
     head: str
 
 
-def seed_manifest(root: Path, chart: str = CHART_SEED) -> Manifest:
+def starter_chart(app_version: str = "0.0.0") -> dict[str, str]:
+    """The project's own starter chart, as the manifest project is seeded with it."""
+    return render_chart(
+        ChartSpec(
+            name="webapp",
+            image_repository="docker.io/acme/webapp",
+            app_version=app_version,
+        )
+    )
+
+
+def seed_manifest(root: Path, chart_yaml: str | None = None) -> Manifest:
+    files = starter_chart()
+    if chart_yaml is not None:
+        files["Chart.yaml"] = chart_yaml
     bare = root / "chart.git"
     git("init", "-q", "--bare", "-b", "main", str(bare))
     work = root / "seed"
     work.mkdir()
     git("init", "-q", "-b", "main", cwd=work)
-    (work / "Chart.yaml").write_text(chart)
-    (work / "values.yaml").write_text("replicaCount: 1\n")
+    for name, content in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(content)
     git("add", ".", cwd=work)
     git(
         "-c", "user.name=Seeder", "-c", "user.email=seed@example.invalid",
@@ -521,17 +497,13 @@ def seed_manifest(root: Path, chart: str = CHART_SEED) -> Manifest:
 
 
 def refs(bare: Path) -> dict[str, str]:
-    out = git(
-        "--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)"
-    )
+    out = git("--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)")
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
     # GitLab expands $VAR / ${VAR} references in `variables:` before the job starts.
-    return re.sub(
-        r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), value
-    )
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", lambda m: env.get(m.group(1) or m.group(2), ""), value)
 
 
 @dataclass
@@ -557,9 +529,7 @@ class Runner:
     def env_for(self, job: str) -> dict[str, str]:
         document = yaml.safe_load(render_pipeline(self.spec))
         env = {
-            "PATH": os.pathsep.join(
-                [*self.path_prefix, os.environ.get("PATH", "/usr/bin:/bin")]
-            ),
+            "PATH": os.pathsep.join([*self.path_prefix, os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "TMPDIR": str(self.home),
@@ -596,15 +566,11 @@ class Runner:
 
 
 @pytest.fixture
-def runner_factory(
-    tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi
-) -> Iterator[Any]:
+def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi) -> Iterator[Any]:
     require_tool("curl")
     counter = iter(range(1, 1000))
 
-    def make(
-        manifest: Manifest, short_sha: str, known_hosts: Path | None = None
-    ) -> Runner:
+    def make(manifest: Manifest, short_sha: str, known_hosts: Path | None = None) -> Runner:
         index = next(counter)
         project = tmp_path / f"project-{index}"
         home = tmp_path / f"home-{index}"
@@ -613,12 +579,8 @@ def runner_factory(
         # File variables: the job receives paths; GitLab's files end in a newline.
         key_file = tmp_path / f"SSH_PRIVATE_KEY-{index}"
         key_material = ssh_server.client_key.read_text()
-        key_file.write_text(
-            key_material if key_material.endswith("\n") else key_material + "\n"
-        )
-        key_file.chmod(
-            0o644
-        )  # as a runner writes it; the job must tighten its own copy
+        key_file.write_text(key_material if key_material.endswith("\n") else key_material + "\n")
+        key_file.chmod(0o644)  # as a runner writes it; the job must tighten its own copy
         hosts_file = tmp_path / f"SSH_KNOWN_HOSTS-{index}"
         shutil.copy(known_hosts or ssh_server.known_hosts, hosts_file)
         spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare))
@@ -645,9 +607,7 @@ def runner_factory(
             },
             # Keep the retry loop bounded but quick under test.
             overrides={"RETRY_DELAY": "0"},
-            never_printed=[
-                line for line in key_material.splitlines()[1:-1] if len(line) > 20
-            ],
+            never_printed=[line for line in key_material.splitlines()[1:-1] if len(line) > 20],
         )
 
     yield make
@@ -657,9 +617,7 @@ def chart_at(bare: Path, ref: str) -> dict[str, Any]:
     return yaml.safe_load(git("--git-dir", str(bare), "show", f"{ref}:Chart.yaml"))
 
 
-def test_update_manifest_and_open_mr_end_to_end(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
-) -> None:
+def test_update_manifest_and_open_mr_end_to_end(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
     manifest = seed_manifest(tmp_path)
     runner: Runner = runner_factory(manifest, "a1b2c3d4")
     tag = "main-a1b2c3d4"
@@ -670,21 +628,15 @@ def test_update_manifest_and_open_mr_end_to_end(
     after_first = refs(manifest.bare)
     assert set(after_first) == {"refs/heads/main", f"refs/heads/{branch}"}
     assert after_first["refs/heads/main"] == manifest.head
-    chart = chart_at(manifest.bare, branch)
-    assert chart["appVersion"] == tag
-    assert {k: v for k, v in chart.items() if k != "appVersion"} == {
-        k: v for k, v in yaml.safe_load(CHART_SEED).items() if k != "appVersion"
-    }
+    assert chart_at(manifest.bare, branch)["appVersion"] == tag
+    # Only the appVersion line changed; the rest of the chart is byte-for-byte the seed.
+    diff = git("--git-dir", str(manifest.bare), "diff", "--unified=0", "main", branch)
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == ['-appVersion: "0.0.0"', f'+appVersion: "{tag}"']
     # One bot commit straight on top of the default branch.
-    log = git(
-        "--git-dir", str(manifest.bare), "log", "--format=%P|%an|%ae", f"main..{branch}"
-    )
-    assert log.strip().splitlines() == [
-        f"{manifest.head}|Chart Bot|chart-bot@example.invalid"
-    ]
-    assert (
-        runner.project_dir / MANIFEST_DOTENV
-    ).read_text() == "MANIFEST_MR_NEEDED=true\n"
+    log = git("--git-dir", str(manifest.bare), "log", "--format=%P|%an|%ae", f"main..{branch}")
+    assert log.strip().splitlines() == [f"{manifest.head}|Chart Bot|chart-bot@example.invalid"]
+    assert (runner.project_dir / MANIFEST_DOTENV).read_text() == "MANIFEST_MR_NEEDED=true\n"
 
     open_mr = runner.run(JOB_OPEN_MR)
     assert open_mr.returncode == 0, open_mr.stderr
@@ -708,9 +660,7 @@ def test_update_manifest_and_open_mr_end_to_end(
     assert "already open" in rerun_mr.stdout
 
 
-def test_ssh_key_file_is_copied_with_tight_mode(
-    tmp_path: Path, runner_factory: Any
-) -> None:
+def test_ssh_key_file_is_copied_with_tight_mode(tmp_path: Path, runner_factory: Any) -> None:
     manifest = seed_manifest(tmp_path)
     runner: Runner = runner_factory(manifest, "0badcafe")
     key_path = Path(runner.secrets["SSH_PRIVATE_KEY"])
@@ -728,9 +678,7 @@ def test_wrong_host_key_fails_and_pushes_nothing(
 ) -> None:
     manifest = seed_manifest(tmp_path)
     before = refs(manifest.bare)
-    runner: Runner = runner_factory(
-        manifest, "deadbeef", known_hosts=ssh_server.wrong_known_hosts
-    )
+    runner: Runner = runner_factory(manifest, "deadbeef", known_hosts=ssh_server.wrong_known_hosts)
     update = runner.run(JOB_UPDATE_MANIFEST)
     assert update.returncode != 0
     assert "Host key verification failed" in update.stderr
@@ -738,9 +686,7 @@ def test_wrong_host_key_fails_and_pushes_nothing(
     assert mr_api.requests == []
 
 
-def test_stale_branch_for_same_tag_is_replaced(
-    tmp_path: Path, runner_factory: Any
-) -> None:
+def test_stale_branch_for_same_tag_is_replaced(tmp_path: Path, runner_factory: Any) -> None:
     manifest = seed_manifest(tmp_path)
     tag = "main-5ca1ab1e"
     branch = f"{BRANCH_PREFIX}{tag}"
@@ -769,31 +715,22 @@ def test_default_branch_already_at_tag_needs_no_branch_or_mr(
     update = runner.run(JOB_UPDATE_MANIFEST)
     assert update.returncode == 0, update.stderr
     assert set(refs(manifest.bare)) == {"refs/heads/main"}
-    assert (
-        runner.project_dir / MANIFEST_DOTENV
-    ).read_text() == "MANIFEST_MR_NEEDED=false\n"
+    assert (runner.project_dir / MANIFEST_DOTENV).read_text() == "MANIFEST_MR_NEEDED=false\n"
     open_mr = runner.run(JOB_OPEN_MR)
     assert open_mr.returncode == 0, open_mr.stderr
     assert mr_api.requests == []
 
 
-def test_chart_without_app_version_gets_one(
-    tmp_path: Path, runner_factory: Any
-) -> None:
+def test_chart_without_app_version_gets_one(tmp_path: Path, runner_factory: Any) -> None:
     manifest = seed_manifest(tmp_path, CHART_SEED.replace('appVersion: "0.0.0"\n', ""))
     runner: Runner = runner_factory(manifest, "c0ffee00")
     update = runner.run(JOB_UPDATE_MANIFEST)
     assert update.returncode == 0, update.stderr
-    assert (
-        chart_at(manifest.bare, f"{BRANCH_PREFIX}main-c0ffee00")["appVersion"]
-        == "main-c0ffee00"
-    )
+    assert chart_at(manifest.bare, f"{BRANCH_PREFIX}main-c0ffee00")["appVersion"] == "main-c0ffee00"
 
 
 @pytest.mark.parametrize("status", [400, 403, 422, 500])
-def test_open_mr_fails_on_other_statuses(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, status: int
-) -> None:
+def test_open_mr_fails_on_other_statuses(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, status: int) -> None:
     manifest = seed_manifest(tmp_path)
     runner: Runner = runner_factory(manifest, "abad1dea")
     mr_api.forced_status = status
@@ -806,9 +743,7 @@ def test_open_mr_fails_on_other_statuses(
     assert time.monotonic() - started < RUN_TIMEOUT
 
 
-def test_open_mr_rejected_token_fails(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
-) -> None:
+def test_open_mr_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
     manifest = seed_manifest(tmp_path)
     runner: Runner = runner_factory(manifest, "7e57c0de")
     runner.secrets["GITLAB_PRIVATE_TOKEN"] = "glpat-not-the-right-one"
@@ -847,16 +782,11 @@ def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> No
         predefined={"CI_COMMIT_REF_SLUG": "main", "CI_COMMIT_SHORT_SHA": "1234abcd"},
         path_prefix=[str(stub_dir)],
     )
-    assert (
-        runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"]
-        == "--oci-worker-no-process-sandbox"
-    )
+    assert runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     build = runner.run(JOB_BUILD)
     assert build.returncode == 0, build.stderr
     config = json.loads(config_copy.read_text())
-    assert config == {
-        "auths": {"https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN}}
-    }
+    assert config == {"auths": {"https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN}}}
     assert Path(f"{record}.mode").read_text().strip() == "600"
     args = record.read_text().splitlines()
     assert args[:2] == ["build", "--frontend"] and args[2] == "dockerfile.v0"
@@ -868,7 +798,63 @@ def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> No
     ) in pairs
     export = dict(pairs)["--export-cache"]
     assert export.startswith("type=registry,ref=docker.io/acme/webapp:buildcache")
-    assert (
-        dict(pairs)["--import-cache"]
-        == "type=registry,ref=docker.io/acme/webapp:buildcache"
+    assert dict(pairs)["--import-cache"] == "type=registry,ref=docker.io/acme/webapp:buildcache"
+
+
+@pytest.mark.parametrize("already_released", [False, True])
+def test_gitlab_ci_local_shell_run_of_manifest_jobs(
+    tmp_path: Path,
+    ssh_server: SshServer,
+    mr_api: FakeMergeRequestApi,
+    already_released: bool,
+) -> None:
+    """gitlab-ci-local runs both manifest jobs, handing the dotenv report between them."""
+    require_tool("rsync")  # gitlab-ci-local copies the checkout with it
+    app = tmp_path / "app"
+    app.mkdir()
+    git("init", "-q", "-b", "main", cwd=app)
+    bare = tmp_path / "chart.git"
+    spec = make_spec(manifest_ssh_url=ssh_server.url(bare))
+    (app / ".gitlab-ci.yml").write_text(render_pipeline(spec))
+    git("add", ".gitlab-ci.yml", cwd=app)
+    git(
+        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
+        "commit", "-q", "-m", "Add pipeline",
+        cwd=app,
+    )  # fmt: skip
+    tag = "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
+    seeded_chart = starter_chart(tag)["Chart.yaml"] if already_released else None
+    manifest = seed_manifest(tmp_path, seeded_chart)
+    assert manifest.bare == bare
+    key = tmp_path / "SSH_PRIVATE_KEY"
+    shutil.copy(ssh_server.client_key, key)
+    # Values that are paths of existing files become file variables.
+    (app / ".gitlab-ci-local-variables.yml").write_text(
+        yaml.safe_dump(
+            {
+                "SSH_PRIVATE_KEY": str(key),
+                "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
+                "GITLAB_PRIVATE_TOKEN": GITLAB_TOKEN,
+                "RETRY_DELAY": "0",
+            }
+        )
     )
+    out = _gitlab_ci_local(
+        app,
+        tmp_path / "home",
+        "--force-shell-executor",
+        "--variable",
+        f"CI_API_V4_URL={mr_api.base_url}",
+        JOB_UPDATE_MANIFEST,
+        JOB_OPEN_MR,
+    )
+    assert GITLAB_TOKEN not in out
+    branch = f"{BRANCH_PREFIX}{tag}"
+    if already_released:
+        assert set(refs(manifest.bare)) == {"refs/heads/main"}
+        assert mr_api.requests == []
+        assert f"No merge request needed for {tag}" in out
+    else:
+        assert chart_at(manifest.bare, branch)["appVersion"] == tag
+        assert [r.form["source_branch"] for r in mr_api.requests] == [branch]
+        assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
