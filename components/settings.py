@@ -27,7 +27,9 @@ _DURATION = re.compile(r"^\d+[smh]$")
 _PROJECT_PATH = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 _FULL_PATH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
 _DOCKERHUB_USER = re.compile(r"^[a-z0-9]{4,30}$")
-_IMAGE_REPO = re.compile(r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)+$")
+_IMAGE_REPO = re.compile(r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
+# RFC 1035 label: a Service name, which the chart derives from the app name.
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # A known_hosts line: host pattern(s), key type, base64 key, optional comment.
 _KNOWN_HOSTS_LINE = re.compile(
     r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
@@ -391,8 +393,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
     )
 
     app_name = r.string("appName") or ""
-    if not _DNS_LABEL.match(app_name) or len(app_name) > 53:
-        r.bad("appName", "must be an RFC 1123 label of at most 53 characters (Helm release name)")
+    if not _DNS_1035.match(app_name) or len(app_name) > 53:
+        r.bad("appName", "must start with a letter and hold only lowercase letters, digits and '-', at most 53 characters")
     chart_path = r.string("chartPath") or "."
     if chart_path.startswith("/") or ".." in chart_path.split("/"):
         r.bad("chartPath", "must be a relative path inside the manifest project")

@@ -48,6 +48,8 @@ def test_demo_stack_is_valid() -> None:
         ("projectsOnDestroy", "nuke", "archive, retain, delete"),
         ("gitlabSshKnownHosts", '["not a host key"]', "known_hosts"),
         ("accessTokenExpiryDays", "5", "less than"),
+        ("appName", "9lives", "start with a letter"),
+        ("imageRepository", "docker.io/acme/_web", "image repository"),
     ],
 )
 def test_each_rule_names_key_rule_and_example(key: str, value: str | None, rule: str) -> None:
