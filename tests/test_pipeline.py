@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -277,13 +278,8 @@ class SshServer:
     log: Path
 
     def url(self, repo: Path) -> str:
-        return f"ssh://{os.environ.get('USER') or _login_name()}@127.0.0.1:{self.port}{repo}"
-
-
-def _login_name() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
+        # sshd authenticates the account of this process, whatever $USER says.
+        return f"ssh://{pwd.getpwuid(os.getuid()).pw_name}@127.0.0.1:{self.port}{repo}"
 
 
 def _keygen(path: Path, comment: str) -> str:
