@@ -139,8 +139,8 @@ def test_secrets_are_secret_inputs_and_outputs(dev: Run) -> None:
     assert variables(dev)["SSH_KNOWN_HOSTS"]["secret_paths"] == []
     token = dev.named("mr-token")
     assert "token" in token["additional_secret_outputs"]
-    for key in dev.of_type("tls:index/privateKey:PrivateKey"):
-        assert {"privateKeyOpenssh", "privateKeyPem"} <= set(key["additional_secret_outputs"])
+    for private_key in dev.of_type("tls:index/privateKey:PrivateKey"):
+        assert {"privateKeyOpenssh", "privateKeyPem"} <= set(private_key["additional_secret_outputs"])
     assert {"data", "stringData"} <= set(dev.named("manifest-repo")["additional_secret_outputs"])
     for name, out in dev.outputs.items():
         text = str(out["value"])
