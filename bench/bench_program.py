@@ -1,0 +1,269 @@
+"""Benchmark the whole program under mocks against the floor of its imports and manifest parse.
+
+Measures, over N repetitions (``--runs``, default 5), each in a fresh subprocess so that
+imports are cold (the OS page cache is warm after the warm-up run):
+
+* program: ``tests.mockrun.run(job)`` on the dev stack's job, built exactly as the tests
+  build it (``tests.conftest.base_config("dev")``, the test Docker Hub token and the
+  shared v3.5.1 ``install.yaml`` mirror). Includes importing the SDKs, reading and
+  verifying the manifest, registering every resource with Pulumi's mock monitor and
+  resolving the stack outputs.
+* floor: importing pulumi, pulumi_kubernetes, pulumi_gitlab, pulumi_tls and pulumi_random
+  and parsing the same ``install.yaml`` with ``yaml.load_all(..., Loader=yaml.CSafeLoader)``.
+  No program can do less than this.
+
+For each run it records the wall time seen by the parent (interpreter start to exit), the
+time measured inside the child (first statement of the snippet to the end of the work) and
+the child's own peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux).
+It prints the medians and the program/floor ratios against a target of at most 1.5x.
+
+Run from the repository root::
+
+    /work/venv/bin/python bench/bench_program.py --runs 5 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 1.5
+
+# Child snippets: each prints one JSON line with its own elapsed time and peak RSS.
+PROGRAM_SNIPPET = """
+import time
+_t0 = time.perf_counter()
+import json, resource, sys
+job = json.loads(sys.stdin.read())
+from tests.mockrun import run
+report = run(job)
+elapsed = time.perf_counter() - _t0
+print(json.dumps({
+    "seconds": elapsed,
+    "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "error": report["error"],
+    "resources": len(report["resources"]),
+    "reads": len(report["reads"]),
+    "outputs": len(report["outputs"]),
+}))
+"""
+
+FLOOR_SNIPPET = """
+import time
+_t0 = time.perf_counter()
+import json, resource, sys
+import pulumi, pulumi_kubernetes, pulumi_gitlab, pulumi_tls, pulumi_random
+import yaml
+with open(sys.argv[1], "rb") as f:
+    docs = [d for d in yaml.load_all(f.read(), Loader=yaml.CSafeLoader) if d]
+elapsed = time.perf_counter() - _t0
+print(json.dumps({
+    "seconds": elapsed,
+    "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "error": None,
+    "documents": len(docs),
+}))
+"""
+
+
+@dataclass
+class Sample:
+    """One child run."""
+
+    wall_seconds: float
+    child_seconds: float
+    maxrss_kib: int
+    detail: dict[str, Any]
+
+
+@dataclass
+class Summary:
+    """Medians over the measured runs of one case."""
+
+    runs: int
+    median_wall_seconds: float
+    median_child_seconds: float
+    median_maxrss_mib: float
+    min_wall_seconds: float
+    max_wall_seconds: float
+    samples: list[Sample]
+
+
+def dev_job() -> dict[str, Any]:
+    """The dev stack's job, as ``tests.conftest.run_program`` builds it with no overrides."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.conftest import base_config
+
+    return {
+        "config": base_config("dev"),
+        "secret_keys": ["dockerhubToken"],
+        "stack": "dev",
+        "preview": False,
+    }
+
+
+def run_child(args: list[str], stdin: str, env: dict[str, str]) -> Sample:
+    """Run one child interpreter; return its parent-side wall time and self-reported figures."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result.get("error"):
+        raise SystemExit(f"program reported an error:\n{json.dumps(result['error'], indent=2)[-4000:]}")
+    detail = {k: v for k, v in result.items() if k not in {"seconds", "maxrss_kib", "error"}}
+    return Sample(wall, float(result["seconds"]), int(result["maxrss_kib"]), detail)
+
+
+def summarise(samples: list[Sample]) -> Summary:
+    """Medians (and the wall-time spread) of a case's samples."""
+    walls = [s.wall_seconds for s in samples]
+    return Summary(
+        runs=len(samples),
+        median_wall_seconds=statistics.median(walls),
+        median_child_seconds=statistics.median(s.child_seconds for s in samples),
+        median_maxrss_mib=statistics.median(s.maxrss_kib for s in samples) / 1024,
+        min_wall_seconds=min(walls),
+        max_wall_seconds=max(walls),
+        samples=samples,
+    )
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+    }
+
+
+def measure(runs: int, warmup: int) -> dict[str, Any]:
+    """Run both cases ``runs`` times (interleaved, after ``warmup`` unmeasured rounds)."""
+    job = dev_job()
+    manifest = job["config"].get("argocdManifest")
+    if not manifest or not Path(manifest).is_file():
+        raise SystemExit("the shared install.yaml mirror is missing; expected ../shared/upstream/argo-cd/<version>/")
+    job_text = json.dumps(job)
+    program: list[Sample] = []
+    floor: list[Sample] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ)
+        env["GITOPS_BOOTSTRAP_CACHE"] = str(Path(tmp) / "cache")
+        env.pop("PYTHONPROFILEIMPORTTIME", None)
+        for i in range(warmup + runs):
+            p = run_child(["-c", PROGRAM_SNIPPET], job_text, env)
+            f = run_child(["-c", FLOOR_SNIPPET, manifest], "", env)
+            if i >= warmup:
+                program.append(p)
+                floor.append(f)
+    prog, flo = summarise(program), summarise(floor)
+    time_ratio = prog.median_wall_seconds / flo.median_wall_seconds
+    rss_ratio = prog.median_maxrss_mib / flo.median_maxrss_mib
+    return {
+        "machine": machine(),
+        "manifest": manifest,
+        "runs": runs,
+        "warmup": warmup,
+        "target_ratio": TARGET_RATIO,
+        "program": asdict(prog),
+        "floor": asdict(flo),
+        "ratio": {
+            "wall_time": time_ratio,
+            "child_time": prog.median_child_seconds / flo.median_child_seconds,
+            "peak_rss": rss_ratio,
+        },
+        "target_met": {
+            "time": time_ratio <= TARGET_RATIO,
+            "memory": rss_ratio <= TARGET_RATIO,
+        },
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """A plain-text table of the medians and ratios."""
+    prog, flo, ratio, met = (
+        result["program"],
+        result["floor"],
+        result["ratio"],
+        result["target_met"],
+    )
+    m = result["machine"]
+    lines = [
+        f"{m['implementation']} {m['python']}, nproc={m['nproc']}, runs={result['runs']} (+{result['warmup']} warm-up)",
+        "",
+        f"{'case':<10} {'wall s (median)':>16} {'in-child s':>11} {'peak RSS MiB':>13} {'wall min..max':>16}",
+    ]
+    for name, s in (("program", prog), ("floor", flo)):
+        spread = f"{s['min_wall_seconds']:.3f}..{s['max_wall_seconds']:.3f}"
+        lines.append(
+            f"{name:<10} {s['median_wall_seconds']:>16.3f} {s['median_child_seconds']:>11.3f}"
+            f" {s['median_maxrss_mib']:>13.1f} {spread:>16}"
+        )
+    lines.append(f"{'ratio':<10} {ratio['wall_time']:>15.2f}x {ratio['child_time']:>10.2f}x {ratio['peak_rss']:>12.2f}x")
+    lines.append("")
+    target = result["target_ratio"]
+    lines.append(
+        f"target <= {target}x: time {'MET' if met['time'] else 'NOT MET'}, memory {'MET' if met['memory'] else 'NOT MET'}"
+    )
+    detail = prog["samples"][0]["detail"]
+    lines.append(
+        f"program registered {detail.get('resources')} resources, {detail.get('reads')} reads, "
+        f"{detail.get('outputs')} outputs; floor parsed {flo['samples'][0]['detail'].get('documents')} documents"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="measured repetitions of each case (default 5)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="unmeasured rounds first, to warm the page cache (default 1)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the full result as JSON instead of a table",
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be >= 1 and --warmup >= 0")
+    result = measure(args.runs, args.warmup)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
