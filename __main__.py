@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -9,9 +11,16 @@ from components import manifest_source
 from components.app import AppDeployment, AppDeploymentArgs
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.argocd_manifest import Overlays, prepare_objects
+from components.chart import ChartSpec
 from components.credentials import Credentials, CredentialsArgs
 from components.gitlab_access import AccessArgs, GitLabAccess
-from components.gitlab_content import BranchProtections, RepositoryContent, RepositoryContentArgs
+from components.gitlab_content import (
+    BranchProtections,
+    DeliveryPipeline,
+    DeliveryPipelineArgs,
+    StarterChart,
+    StarterChartArgs,
+)
 from components.gitlab_projects import GitLabProjects
 from components.settings import KEYS, Settings, SettingsError, parse_settings
 
@@ -46,11 +55,15 @@ k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
 
 credentials = Credentials("credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None))
 projects = GitLabProjects("gitlab", settings.gitlab)
-content = RepositoryContent(
-    "repository-content",
-    RepositoryContentArgs(settings=settings, app=projects.app, manifest=projects.manifest),
+chart = StarterChart(
+    "starter-chart",
+    StarterChartArgs(
+        manifest=projects.manifest,
+        chart=ChartSpec(name=settings.app.name, image_repository=settings.app.image_repository),
+        chart_path=settings.app.chart_path,
+    ),
 )
-BranchProtections("branch-protection", projects.app, projects.manifest, after=content.files)
+protections = BranchProtections("branch-protection", projects.app, projects.manifest, manifest_after=chart.files)
 access = GitLabAccess(
     "access",
     AccessArgs(
@@ -69,6 +82,17 @@ access = GitLabAccess(
         epoch=settings.credentials_epoch,
         webhook_url=webhook_url,
         webhook_secret=credentials.webhook_secret,
+    ),
+)
+
+DeliveryPipeline(
+    "delivery-pipeline",
+    DeliveryPipelineArgs(
+        app=projects.app,
+        manifest=projects.manifest,
+        image_repository=settings.app.image_repository,
+        chart_file=posixpath.normpath(posixpath.join(settings.app.chart_path, "Chart.yaml")),
+        ready=[access, *([protections.app] if protections.app else [])],
     ),
 )
 

@@ -1,8 +1,14 @@
-"""Files committed into the projects (pipeline, starter chart) and default-branch protection."""
+"""Files committed into the projects (starter chart, pipeline) and default-branch protection.
+
+Order matters on a new stack: the chart is seeded before the manifest branch is locked
+(after that not even the program may push), and the pipeline is committed only once the
+app branch is protected and the CI/CD variables exist, so the pipeline it starts can read them.
+"""
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -11,7 +17,6 @@ import pulumi_gitlab as gitlab
 from components.chart import ChartSpec, render_chart
 from components.gitlab_projects import ProjectInfo
 from components.pipeline import PipelineSpec, render_pipeline
-from components.settings import Settings
 
 PIPELINE_PATH = ".gitlab-ci.yml"
 # In an adopted app project the program never replaces the team's own pipeline; it commits
@@ -20,11 +25,9 @@ ADOPTED_PIPELINE_PATH = ".gitlab/gitops-bootstrap.gitlab-ci.yml"
 COMMIT_AUTHOR = "gitops-bootstrap"
 
 
-def chart_files(settings: Settings) -> dict[str, str]:
+def chart_files(spec: ChartSpec, chart_path: str) -> dict[str, str]:
     """The starter chart's files, keyed by their path in the manifest project."""
-    files = render_chart(ChartSpec(name=settings.app.name, image_repository=settings.app.image_repository))
-    base = settings.app.chart_path
-    return {posixpath.normpath(posixpath.join(base, path)): text for path, text in files.items()}
+    return {posixpath.normpath(posixpath.join(chart_path, path)): text for path, text in render_chart(spec).items()}
 
 
 def pipeline_path(app: ProjectInfo) -> str:
@@ -33,52 +36,25 @@ def pipeline_path(app: ProjectInfo) -> str:
 
 
 @dataclass(frozen=True)
-class RepositoryContentArgs:
-    """The settings and the two projects."""
+class StarterChartArgs:
+    """The chart to seed and where."""
 
-    settings: Settings
-    app: ProjectInfo
     manifest: ProjectInfo
+    chart: ChartSpec
+    chart_path: str
 
 
-class RepositoryContent(pulumi.ComponentResource):
-    """The app project's pipeline file and the manifest project's starter chart."""
+class StarterChart(pulumi.ComponentResource):
+    """The starter Helm chart, committed once into a created manifest project."""
 
     files: list[pulumi.Resource]
 
-    def __init__(self, name: str, args: RepositoryContentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("gitops:gitlab:RepositoryContent", name, None, opts)
-        settings = args.settings
-        chart_file = posixpath.normpath(posixpath.join(settings.app.chart_path, "Chart.yaml"))
-        pipeline = pulumi.Output.all(args.manifest.id, args.manifest.ssh_url).apply(
-            lambda ids: render_pipeline(
-                PipelineSpec(
-                    image_repository=settings.app.image_repository,
-                    manifest_ssh_url=ids[1],
-                    manifest_project_id=str(ids[0]),
-                    manifest_default_branch=args.manifest.default_branch,
-                    chart_file=chart_file,
-                )
-            )
-        )
-        self.files = [
-            gitlab.RepositoryFile(
-                "pipeline-file",
-                project=args.app.id,
-                branch=args.app.default_branch,
-                file_path=pipeline_path(args.app),
-                content=pipeline,
-                encoding="text",
-                author_name=COMMIT_AUTHOR,
-                commit_message="Update the delivery pipeline (gitops-bootstrap)",
-                overwrite_on_create=False,
-                # Destroy must not commit deletions into a team's repository.
-                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
-            )
-        ]
+    def __init__(self, name: str, args: StarterChartArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:gitlab:StarterChart", name, None, opts)
+        self.files = []
         if not args.manifest.adopted:
             # An adopted manifest project already holds its chart; it is never overwritten.
-            for path, text in chart_files(settings).items():
+            for path, text in chart_files(args.chart, args.chart_path).items():
                 self.files.append(
                     gitlab.RepositoryFile(
                         f"chart/{path}",
@@ -95,53 +71,104 @@ class RepositoryContent(pulumi.ComponentResource):
                             # Seeded once: CI bumps appVersion through merge requests, and a
                             # later `pulumi up` must not revert that.
                             ignore_changes=["content"],
-                            # The chart is the team's code now; destroy leaves it in place.
+                            # The chart is the team's code now; destroy commits no deletion.
                             retain_on_delete=True,
                         ),
                     )
                 )
-        self.register_outputs({"pipelinePath": pipeline_path(args.app)})
+        self.register_outputs({"files": [f.urn for f in self.files]})
 
 
 class BranchProtections(pulumi.ComponentResource):
     """Protected default branches: merge requests only on the manifest project."""
+
+    app: gitlab.BranchProtection | None
+    manifest: gitlab.BranchProtection | None
 
     def __init__(
         self,
         name: str,
         app: ProjectInfo,
         manifest: ProjectInfo,
-        after: list[pulumi.Resource],
+        manifest_after: Sequence[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gitops:gitlab:BranchProtections", name, None, opts)
-        # Created after the seeded files: once nobody may push, not even the program can commit.
-        child = pulumi.ResourceOptions(parent=self, depends_on=after)
-        self.protections: list[gitlab.BranchProtection] = []
+        # Adopted projects keep the protection their team set up.
+        self.manifest = None
         if not manifest.adopted:
             # Every deploy is a merge request a person approves; CI pushes only side branches.
-            self.protections.append(
-                gitlab.BranchProtection(
-                    "manifest-default-branch",
-                    project=manifest.id,
-                    branch=manifest.default_branch,
-                    push_access_level="no one",
-                    merge_access_level="developer",
-                    allow_force_push=False,
-                    opts=child,
-                )
+            self.manifest = gitlab.BranchProtection(
+                "manifest-default-branch",
+                project=manifest.id,
+                branch=manifest.default_branch,
+                push_access_level="no one",
+                merge_access_level="developer",
+                allow_force_push=False,
+                # After the seeded chart: once nobody may push, not even the program can commit.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(manifest_after)),
             )
+        self.app = None
         if not app.adopted:
-            # Protected variables reach only pipelines of protected branches.
-            self.protections.append(
-                gitlab.BranchProtection(
-                    "app-default-branch",
-                    project=app.id,
-                    branch=app.default_branch,
-                    push_access_level="developer",
-                    merge_access_level="developer",
-                    allow_force_push=False,
-                    opts=child,
-                )
+            # Protected variables reach only pipelines of protected branches; developers push.
+            self.app = gitlab.BranchProtection(
+                "app-default-branch",
+                project=app.id,
+                branch=app.default_branch,
+                push_access_level="developer",
+                merge_access_level="developer",
+                allow_force_push=False,
+                opts=pulumi.ResourceOptions(parent=self),
             )
         self.register_outputs({})
+
+
+@dataclass(frozen=True)
+class DeliveryPipelineArgs:
+    """The projects, the image and what the pipeline's first run needs in place."""
+
+    app: ProjectInfo
+    manifest: ProjectInfo
+    image_repository: str
+    chart_file: str
+    ready: Sequence[pulumi.Resource]
+
+
+class DeliveryPipeline(pulumi.ComponentResource):
+    """The app project's pipeline file, rendered from the manifest project's coordinates."""
+
+    def __init__(self, name: str, args: DeliveryPipelineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:gitlab:DeliveryPipeline", name, None, opts)
+        content = pulumi.Output.all(args.manifest.id, args.manifest.ssh_url).apply(
+            lambda ids: render_pipeline(
+                PipelineSpec(
+                    image_repository=args.image_repository,
+                    manifest_ssh_url=ids[1],
+                    manifest_project_id=str(ids[0]),
+                    manifest_default_branch=args.manifest.default_branch,
+                    chart_file=args.chart_file,
+                )
+            )
+        )
+        self.path = pipeline_path(args.app)
+        self.file = gitlab.RepositoryFile(
+            "pipeline-file",
+            project=args.app.id,
+            branch=args.app.default_branch,
+            file_path=self.path,
+            content=content,
+            encoding="text",
+            author_name=COMMIT_AUTHOR,
+            # The commit itself starts no pipeline: the project has no Dockerfile yet.
+            commit_message="Update the delivery pipeline (gitops-bootstrap) [skip ci]",
+            overwrite_on_create=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Committed once the branch is protected and the variables and keys exist,
+                # so the next push runs a pipeline that can read them.
+                depends_on=list(args.ready),
+                # Destroy must not commit deletions into a team's repository.
+                retain_on_delete=True,
+            ),
+        )
+        self.register_outputs({"path": self.path})

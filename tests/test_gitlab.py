@@ -167,8 +167,8 @@ def test_branch_protection(dev: Run) -> None:
     assert manifest["inputs"]["allowForcePush"] is False
     assert app["inputs"]["project"] == dev.named("app-project")["id"] and app["inputs"]["branch"] == "main"
     # Protection comes after the seeded chart, or the seed commits would be refused.
-    seeded = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile")}
-    assert seeded <= set(manifest["dependencies"])
+    seeded = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")}
+    assert len(seeded) >= 5 and seeded <= set(manifest["dependencies"])
 
 
 def test_committed_files_hold_no_secret_and_are_seeded_once(dev: Run) -> None:
@@ -183,3 +183,16 @@ def test_committed_files_hold_no_secret_and_are_seeded_once(dev: Run) -> None:
             assert res["ignore_changes"] == ["content"]
     pipeline = dev.named("pipeline-file")["inputs"]["content"]
     assert dev.named("manifest-project")["outputs"]["ssh_url_to_repo"] in pipeline
+
+
+def test_pipeline_is_committed_after_its_variables_and_protection(dev: Run) -> None:
+    pipeline = dev.named("pipeline-file")
+    deps = set(pipeline["dependencies"])
+    for key in ("DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "GITLAB_PRIVATE_TOKEN", "SSH_KNOWN_HOSTS"):
+        assert variables(dev)[key]["urn"] in deps, key
+    assert dev.named("app-default-branch")["urn"] in deps
+    assert dev.named("ci-deploy-key")["urn"] in deps
+    assert "[skip ci]" in pipeline["inputs"]["commitMessage"]
+    # The app branch is protected straight away, before any file is committed.
+    files = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile")}
+    assert not files & set(dev.named("app-default-branch")["dependencies"])
