@@ -6,7 +6,6 @@ objects, so an upgrade is a new digest and nothing else.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,28 +59,31 @@ def prepare_objects(docs: list[dict[str, Any]], namespace: str, overlays: Overla
 
     Every namespaced object gets ``metadata.namespace``; ClusterRoleBinding subjects that
     hard-code the upstream namespace point at ``namespace`` instead; ``argocd-cm`` and
-    ``argocd-ssh-known-hosts-cm`` carry the overlays. The input is not modified.
+    ``argocd-ssh-known-hosts-cm`` carry the overlays. The input is not modified: changed
+    parts are copied, the rest (the large CRD and workload specs) is shared.
     """
-    objects = copy.deepcopy(docs)
-    for obj in objects:
-        meta = obj.setdefault("metadata", {})
-        if is_namespaced(obj):
-            meta["namespace"] = namespace
-        if obj["kind"] in ("ClusterRoleBinding", "RoleBinding"):
-            for subject in obj.get("subjects") or []:
-                if subject.get("namespace") == UPSTREAM_NAMESPACE:
-                    subject["namespace"] = namespace
-        if obj["kind"] == "ConfigMap" and meta["name"] == "argocd-cm":
-            data = obj.setdefault("data", {}) or {}
-            obj["data"] = data
-            data["timeout.reconciliation"] = overlays.reconciliation_timeout
-            if overlays.external_url:
-                data["url"] = overlays.external_url
-        if obj["kind"] == "ConfigMap" and meta["name"] == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
-            data = obj.setdefault("data", {}) or {}
-            obj["data"] = data
-            data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)
-    return objects
+    return [_prepare(obj, namespace, overlays) for obj in docs]
+
+
+def _prepare(source: dict[str, Any], namespace: str, overlays: Overlays) -> dict[str, Any]:
+    obj = dict(source)
+    meta = obj["metadata"] = dict(obj.get("metadata") or {})
+    kind, name = obj["kind"], meta["name"]
+    if is_namespaced(obj):
+        meta["namespace"] = namespace
+    if kind in ("ClusterRoleBinding", "RoleBinding") and obj.get("subjects"):
+        obj["subjects"] = [
+            {**s, "namespace": namespace} if s.get("namespace") == UPSTREAM_NAMESPACE else s for s in obj["subjects"]
+        ]
+    if kind == "ConfigMap" and name == "argocd-cm":
+        data = obj["data"] = dict(obj.get("data") or {})
+        data["timeout.reconciliation"] = overlays.reconciliation_timeout
+        if overlays.external_url:
+            data["url"] = overlays.external_url
+    if kind == "ConfigMap" and name == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
+        data = obj["data"] = dict(obj.get("data") or {})
+        data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)
+    return obj
 
 
 def order_for_apply(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
