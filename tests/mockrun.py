@@ -70,6 +70,7 @@ class Mocks(pulumi_mocks.Mocks):
     def __init__(self, report: dict[str, Any]) -> None:
         self.report = report
         self.triggers: dict[str, Any] = {}
+        self.groups: dict[Any, str] = {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
@@ -92,8 +93,10 @@ class Mocks(pulumi_mocks.Mocks):
             state["token"] = "glpat-" + "".join(_seed(name, trigger).choices(alphabet, k=20))
             state["expires_at"] = "2026-12-26"
         elif typ == "gitlab:index/project:Project":
-            namespace = "acme-user"
-            state.update(_project_urls(f"{namespace}/{state['path']}", _stable_id(name, state["path"])))
+            # A project lands in the looked-up group, or in the token owner's namespace.
+            namespace = self.groups.get(state.get("namespaceId"), "acme-user")
+            full_path = f"{namespace}/{state['path']}"
+            state.update(_project_urls(full_path, _stable_id("project", full_path)))
         elif typ.startswith("kubernetes:") and "metadata" in state:
             state["metadata"] = {**state["metadata"], "uid": str(_stable_id(name))}
         ident = state.get("id") or f"{name}-id"
@@ -104,6 +107,7 @@ class Mocks(pulumi_mocks.Mocks):
         if args.token == "gitlab:index/getGroup:getGroup":
             full_path = args.args["fullPath"]
             ident = _stable_id("group", full_path)
+            self.groups[ident] = full_path
             return {"id": str(ident), "groupId": ident, "fullPath": full_path, "webUrl": f"https://{GITLAB_HOST}/{full_path}"}, []
         if args.token == "gitlab:index/getProject:getProject":
             path = args.args["pathWithNamespace"]

@@ -170,3 +170,27 @@ def test_two_stacks_do_not_collide(program: Callable[..., Run]) -> None:
     assert dev_context != prod_context
     assert not (cluster_scoped(dev, dev_context) & cluster_scoped(prod, prod_context))
     assert prod.outputs["argocdNamespace"]["value"] == "argocd"
+
+
+def test_prod_can_share_devs_manifest_project(program: Callable[..., Run]) -> None:
+    dev = program({"gitlabGroup": "acme/platform"}, stack="dev")
+    shared = dev.outputs["manifestProjectSshUrl"]["value"].split(":", 1)[1].removesuffix(".git")
+    prod = program({"gitlabGroup": "acme/platform", "adoptManifestProject": shared, "manifestProject": None}, stack="prod")
+    assert prod.error is None, prod.error
+    assert prod.outputs["manifestProjectId"]["value"] == dev.outputs["manifestProjectId"]["value"]
+    on_shared = lambda run: {  # noqa: E731 - a one-line selector
+        (r["type"].rsplit(":", 1)[-1], r["inputs"].get("title") or r["inputs"].get("name"))
+        for r in run.of_type("deployKey:DeployKey") + run.of_type("projectAccessToken:ProjectAccessToken")
+        if r["inputs"]["project"] == dev.outputs["manifestProjectId"]["value"]
+    }
+    assert len(on_shared(dev)) == len(on_shared(prod)) == 3
+    assert not on_shared(dev) & on_shared(prod)
+    # Prod seeds nothing into, and never protects or deletes, the project it shares.
+    assert not [r for r in prod.of_type("repositoryFile:RepositoryFile") if r["inputs"]["filePath"] == "Chart.yaml"]
+    assert [r["name"] for r in prod.of_type("project:Project")] == ["app-project"]
+
+
+def test_preview_registers_the_same_plan(program: Callable[..., Run], dev: Run) -> None:
+    preview = program(preview=True)
+    assert preview.error is None, preview.error
+    assert {r["urn"] for r in preview.resources} == {r["urn"] for r in dev.resources}
