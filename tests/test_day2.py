@@ -120,10 +120,17 @@ def test_rotation_changes_exactly_the_credentials(program: Callable[..., Run]) -
         if r["inputs"] != before[r["urn"]]["inputs"] or r["replacement_trigger"] != before[r["urn"]]["replacement_trigger"]
     }
     assert changed == CREDENTIALS | set(CONSUMERS)
+    triggers = {n: second.named(n)["replacement_trigger"] for n in ("argocd-repo-key", "ci-push-key", "mr-token")}
+    assert triggers == {"argocd-repo-key": 2.0, "ci-push-key": 2.0, "mr-token": 2.0}
+    assert second.named("argocd-webhook-secret")["inputs"]["keepers"] == {"epoch": "2"}
     for name in CREDENTIALS:
         res = second.named(name)
-        # Replacement is create-before-delete: the new credential exists, consumers are
-        # updated to it, and only then is the old one deleted.
+        # The order comes from `delete_before_replace` staying False (the engine's default,
+        # create-before-delete): a replaced credential's new instance is created first, every
+        # resource that depends on it is updated to the new value, and the old instance is
+        # deleted only at the end of the update. With delete_before_replace=True the old key
+        # or token would be gone while Argo CD and CI still used it. `replacement_trigger`
+        # (keys, token) and `keepers` (webhook secret) are what make the epoch replace them.
         assert res["delete_before_replace"] is False
     urns = {r["name"]: r["urn"] for r in second.resources}
     for consumer, credential in CONSUMERS.items():
