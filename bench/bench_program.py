@@ -19,7 +19,7 @@ It prints the medians and the program/floor ratios against a target of at most 1
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/bench_program.py --runs 5 [--json]
+    venv/bin/python bench/bench_program.py --runs 5 [--json]
 """
 
 from __future__ import annotations
