@@ -67,7 +67,13 @@ chart = StarterChart(
         chart_path=settings.app.chart_path,
     ),
 )
-protections = BranchProtections("branch-protection", projects.app, projects.manifest, manifest_after=chart.files)
+protections = BranchProtections(
+    "branch-protection",
+    projects.app,
+    projects.manifest,
+    manifest_after=chart.files,
+    retain=settings.gitlab.projects_on_destroy == "retain",
+)
 access = GitLabAccess(
     "access",
     AccessArgs(
@@ -131,6 +137,7 @@ app = AppDeployment(
         target_revision=projects.manifest.default_branch,
         argocd=argocd,
         repo_key_registered=[access.argocd_deploy_key],
+        repo_content=chart.files,
     ),
     opts=k8s_opts,
 )

@@ -43,11 +43,13 @@ class AppDeploymentArgs:
     repo_url: pulumi.Input[str]
     repo_private_key: pulumi.Input[str]
     chart_path: str
-    target_revision: str
+    target_revision: pulumi.Input[str]
     # Resources the Application must outlive on destroy and follow on create.
     argocd: pulumi.Resource
     # Resources the repository secret must wait for (the deploy key it authenticates with).
     repo_key_registered: list[pulumi.Resource] = field(default_factory=list)
+    # Resources the first sync needs in the repository (the seeded chart).
+    repo_content: list[pulumi.Resource] = field(default_factory=list)
 
 
 class AppDeployment(pulumi.ComponentResource):
@@ -95,11 +97,14 @@ class AppDeployment(pulumi.ComponentResource):
                 # Application itself goes, so destroy leaves no workloads behind.
                 "finalizers": [APP_FINALIZER],
             },
-            spec=repo_url.apply(lambda url: application_spec(url, args.chart_path, args.target_revision, args.namespace)),
+            spec=pulumi.Output.all(repo_url, args.target_revision).apply(
+                lambda values: application_spec(values[0], args.chart_path, values[1], args.namespace)
+            ),
             # Depending on the whole Argo CD install (its CRDs and ready workloads) and the app
             # namespace makes destroy delete the Application first, while the controller that
             # honours its finalizer still runs and before its namespace disappears.
-            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret])),
+            # The seeded chart comes first so that the first sync finds it.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret, *args.repo_content])),
         )
         self.namespace = namespace.metadata.name
         self.application = application

@@ -6,6 +6,8 @@ objects, so an upgrade is a new digest and nothing else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,10 @@ CLUSTER_SCOPED_KINDS = frozenset(
 )
 # Kinds whose objects Argo CD's own workloads need before they can become ready.
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
+# Workloads that read the argocd-cm overlay only at start-up (timeout.reconciliation reaches
+# them through an environment variable), so they must roll when it changes.
+READS_ARGOCD_CM_AT_START = frozenset({("Deployment", "argocd-repo-server"), ("StatefulSet", "argocd-application-controller")})
+CONFIG_HASH_ANNOTATION = "gitops-bootstrap/argocd-cm-overlay"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,12 @@ class Overlays:
     reconciliation_timeout: str = "120s"
     external_url: str | None = None
     extra_known_hosts: tuple[str, ...] = field(default_factory=tuple)
+
+
+def overlay_hash(overlays: Overlays) -> str:
+    """A short digest of the argocd-cm overlay, which changes whenever the overlay does."""
+    text = json.dumps([overlays.reconciliation_timeout, overlays.external_url])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -80,6 +92,11 @@ def _prepare(source: dict[str, Any], namespace: str, overlays: Overlays) -> dict
         data["timeout.reconciliation"] = overlays.reconciliation_timeout
         if overlays.external_url:
             data["url"] = overlays.external_url
+    if (kind, name) in READS_ARGOCD_CM_AT_START:
+        spec = obj["spec"] = dict(obj["spec"])
+        template = spec["template"] = dict(spec["template"])
+        pod_meta = template["metadata"] = dict(template.get("metadata") or {})
+        pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), CONFIG_HASH_ANNOTATION: overlay_hash(overlays)}
     if kind == "ConfigMap" and name == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
         data = obj["data"] = dict(obj.get("data") or {})
         data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)

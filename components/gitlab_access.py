@@ -80,6 +80,10 @@ class GitLabAccess(pulumi.ComponentResource):
 
         hidden = True if args.hide_variables else None
         app_id = args.app.id
+        # GitLab allows one variable per key and scope, so a replaced variable (toggling
+        # `hidden` forces one) must be deleted before its successor is created. A new value
+        # alone is an in-place update, so rotation never goes through this.
+        variable = child.merge(pulumi.ResourceOptions(delete_before_replace=True))
         auth = pulumi.Output.secret(args.dockerhub_token).apply(lambda t: docker_auth(args.dockerhub_user, t))
         token_value: pulumi.Output[str] = pulumi.Output.secret(self.mr_token.token.apply(str))
         self.variables = [
@@ -95,7 +99,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 # rule before anything is applied (settings.is_maskable).
                 raw=False,
                 description="base64 of <Docker Hub user>:<token>, for the image push.",
-                opts=child,
+                opts=variable,
             ),
             gitlab.ProjectVariable(
                 "ssh-private-key",
@@ -109,7 +113,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 raw=True,
                 description="Private half of the manifest project's push deploy key.",
                 # Switch CI to a rotated key only once GitLab accepts it as a deploy key.
-                opts=child.merge(pulumi.ResourceOptions(depends_on=[self.ci_deploy_key])),
+                opts=variable.merge(pulumi.ResourceOptions(depends_on=[self.ci_deploy_key])),
             ),
             gitlab.ProjectVariable(
                 "gitlab-private-token",
@@ -122,7 +126,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 # GitLab's own token format (glpat-…) meets the expanded masking rule.
                 raw=False,
                 description="Manifest project access token (api, developer) for opening merge requests.",
-                opts=child,
+                opts=variable,
             ),
             gitlab.ProjectVariable(
                 "ssh-known-hosts",
@@ -134,7 +138,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 protected=False,
                 raw=True,
                 description="GitLab's SSH host keys; CI never trusts a key on first use.",
-                opts=child,
+                opts=variable,
             ),
         ]
 

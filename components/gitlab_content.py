@@ -25,11 +25,6 @@ ADOPTED_PIPELINE_PATH = ".gitlab/gitops-bootstrap.gitlab-ci.yml"
 COMMIT_AUTHOR = "gitops-bootstrap"
 
 
-def chart_files(spec: ChartSpec, chart_path: str) -> dict[str, str]:
-    """The starter chart's files, keyed by their path in the manifest project."""
-    return {posixpath.normpath(posixpath.join(chart_path, path)): text for path, text in render_chart(spec).items()}
-
-
 def pipeline_path(app: ProjectInfo) -> str:
     """Where the pipeline file goes in the app project."""
     return ADOPTED_PIPELINE_PATH if app.adopted else PIPELINE_PATH
@@ -54,13 +49,14 @@ class StarterChart(pulumi.ComponentResource):
         self.files = []
         if not args.manifest.adopted:
             # An adopted manifest project already holds its chart; it is never overwritten.
-            for path, text in chart_files(args.chart, args.chart_path).items():
+            for path, text in render_chart(args.chart).items():
                 self.files.append(
                     gitlab.RepositoryFile(
+                        # Named by the path inside the chart, so the name never depends on settings.
                         f"chart/{path}",
                         project=args.manifest.id,
                         branch=args.manifest.default_branch,
-                        file_path=path,
+                        file_path=posixpath.normpath(posixpath.join(args.chart_path, path)),
                         content=text,
                         encoding="text",
                         author_name=COMMIT_AUTHOR,
@@ -69,8 +65,10 @@ class StarterChart(pulumi.ComponentResource):
                         opts=pulumi.ResourceOptions(
                             parent=self,
                             # Seeded once: CI bumps appVersion through merge requests, and a
-                            # later `pulumi up` must not revert that.
-                            ignore_changes=["content"],
+                            # later `pulumi up` must not revert that. Nor may it move or re-commit
+                            # the chart when chartPath or defaultBranch change: the branch is
+                            # locked by then, and the chart belongs to the team.
+                            ignore_changes=["content", "branch", "file_path"],
                             # The chart is the team's code now; destroy commits no deletion.
                             retain_on_delete=True,
                         ),
@@ -91,9 +89,12 @@ class BranchProtections(pulumi.ComponentResource):
         app: ProjectInfo,
         manifest: ProjectInfo,
         manifest_after: Sequence[pulumi.Resource],
+        retain: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gitops:gitlab:BranchProtections", name, None, opts)
+        # With projectsOnDestroy=retain the projects stay as they are, protection included.
+        keep = pulumi.ResourceOptions(parent=self, retain_on_delete=retain)
         # Adopted projects keep the protection their team set up.
         self.manifest = None
         if not manifest.adopted:
@@ -106,7 +107,7 @@ class BranchProtections(pulumi.ComponentResource):
                 merge_access_level="developer",
                 allow_force_push=False,
                 # After the seeded chart: once nobody may push, not even the program can commit.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=list(manifest_after)),
+                opts=keep.merge(pulumi.ResourceOptions(depends_on=list(manifest_after))),
             )
         self.app = None
         if not app.adopted:
@@ -118,7 +119,7 @@ class BranchProtections(pulumi.ComponentResource):
                 push_access_level="developer",
                 merge_access_level="developer",
                 allow_force_push=False,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=keep,
             )
         self.register_outputs({})
 
@@ -139,13 +140,13 @@ class DeliveryPipeline(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DeliveryPipelineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:gitlab:DeliveryPipeline", name, None, opts)
-        content = pulumi.Output.all(args.manifest.id, args.manifest.ssh_url).apply(
-            lambda ids: render_pipeline(
+        content = pulumi.Output.all(args.manifest.id, args.manifest.ssh_url, args.manifest.default_branch).apply(
+            lambda values: render_pipeline(
                 PipelineSpec(
                     image_repository=args.image_repository,
-                    manifest_ssh_url=ids[1],
-                    manifest_project_id=str(ids[0]),
-                    manifest_default_branch=args.manifest.default_branch,
+                    manifest_ssh_url=values[1],
+                    manifest_project_id=str(values[0]),
+                    manifest_default_branch=values[2],
                     chart_file=args.chart_file,
                 )
             )

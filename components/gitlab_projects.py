@@ -18,7 +18,8 @@ class ProjectInfo:
     ssh_url: pulumi.Output[str]
     web_url: pulumi.Output[str]
     path_with_namespace: pulumi.Output[str]
-    default_branch: str
+    # An adopted project's own default branch; the configured one for a created project.
+    default_branch: pulumi.Output[str]
     adopted: bool
     # The created project, or None for an adopted one (which is never in this stack's state).
     resource: gitlab.Project | None
@@ -71,7 +72,7 @@ class GitLabProjects(pulumi.ComponentResource):
                 ssh_url=found.ssh_url_to_repo,
                 web_url=found.web_url,
                 path_with_namespace=found.path_with_namespace,
-                default_branch=args.default_branch,
+                default_branch=found.default_branch,
                 adopted=True,
                 resource=None,
             )
@@ -100,7 +101,7 @@ class GitLabProjects(pulumi.ComponentResource):
             ssh_url=created.ssh_url_to_repo,
             web_url=created.web_url,
             path_with_namespace=created.path_with_namespace,
-            default_branch=args.default_branch,
+            default_branch=pulumi.Output.from_input(args.default_branch),
             adopted=False,
             resource=created,
         )

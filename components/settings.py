@@ -39,6 +39,7 @@ _KNOWN_HOSTS_LINE = re.compile(
 MASKABLE = re.compile(r"\A[a-zA-Z0-9_+=/@:.~-]{8,}\Z")
 
 PROJECTS_ON_DESTROY = ("archive", "retain", "delete")
+DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 VISIBILITY = ("private", "internal", "public")
 
 
@@ -416,6 +417,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             "must be a project's full path, namespace included",
         )
         projects[which] = ProjectSettings(path=path, adopt=adopt)
+    if projects["app"].adopt is not None and projects["app"].adopt == projects["manifest"].adopt:
+        r.bad("adoptManifestProject", "must differ from adoptAppProject: the chart needs a project of its own")
     if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
         r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
     visibility = r.string("projectVisibility") or ""
@@ -463,6 +466,12 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         r.bad("dockerhubToken", "gives a DOCKERHUB_TOKEN that GitLab cannot mask (at least 8 characters of a-zA-Z0-9_+=/@:.~-)")
     image = r.string("imageRepository") or f"docker.io/{user or 'user'}/{app_name}"
     r.check("imageRepository", image, lambda v: _IMAGE_REPO.match(v) is not None, "must be an image repository without a tag")
+    r.check(
+        "imageRepository",
+        image,
+        lambda v: v.split("/", 1)[0] in DOCKER_HUB_HOSTS,
+        "must be on Docker Hub (docker.io/<user>/<name>): the pipeline logs in to Docker Hub only",
+    )
 
     kube_context = r.string("kubeContext")
     read_password = r.boolean("argocdReadAdminPassword")

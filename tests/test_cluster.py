@@ -206,6 +206,22 @@ def test_external_url_sets_url_and_webhook_secret(program: Callable[..., Run]) -
     assert set(secret["inputs"]["data"]) == {"webhook.gitlab.secret"}
 
 
+def test_reconciliation_timeout_change_rolls_the_workloads_that_read_it(program: Callable[..., Run], dev: Run) -> None:
+    changed = program({"argocdReconciliationTimeout": "300s"})
+    assert changed.error is None, changed.error
+    annotation = "gitops-bootstrap/argocd-cm-overlay"
+
+    def pod_annotations(run: Run, name: str, kind: str) -> dict[str, str]:
+        return run.named(name, kind)["inputs"]["spec"]["template"]["metadata"].get("annotations", {})
+
+    for name, kind in (("argocd-repo-server", "Deployment"), ("argocd-application-controller", "StatefulSet")):
+        before, after = pod_annotations(dev, name, kind), pod_annotations(changed, name, kind)
+        assert before[annotation] != after[annotation]
+    # Workloads that do not read the overlay are left alone.
+    assert annotation not in pod_annotations(changed, "argocd-server", "Deployment")
+    assert changed.named("argocd-cm")["inputs"]["data"]["timeout.reconciliation"] == "300s"
+
+
 def test_server_side_apply_provider_for_every_kubernetes_resource(dev: Run) -> None:
     provider = dev.named("k8s", "providers:kubernetes")
     assert provider["inputs"]["enableServerSideApply"] == "true"

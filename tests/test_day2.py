@@ -135,7 +135,13 @@ def test_rotation_changes_exactly_the_credentials(program: Callable[..., Run]) -
     urns = {r["name"]: r["urn"] for r in second.resources}
     for consumer, credential in CONSUMERS.items():
         assert urns[credential] in second.named(consumer)["dependencies"], (consumer, credential)
-        assert second.named(consumer)["delete_before_replace"] is False
+        if second.named(consumer)["type"].endswith("ProjectVariable"):
+            # Variables are updated in place: same key and project, only the value changes.
+            old, new = first.named(consumer)["inputs"], second.named(consumer)["inputs"]
+            assert (old["key"], old["project"]) == (new["key"], new["project"])
+            assert old["value"] != new["value"]
+        else:
+            assert second.named(consumer)["delete_before_replace"] is False
     # Consumers switch only once GitLab accepts the new key.
     assert urns["argocd-deploy-key"] in second.named("manifest-repo")["dependencies"]
     assert urns["ci-deploy-key"] in second.named("ssh-private-key")["dependencies"]

@@ -43,6 +43,9 @@ def test_projects_on_destroy_settings(program: Callable[..., Run]) -> None:
     retain = program({"projectsOnDestroy": "retain"})
     for res in retain.of_type("project:Project"):
         assert res["retain_on_delete"] is True and res["inputs"]["archiveOnDestroy"] is False
+    # Retained projects keep their protected branches too.
+    protections = retain.of_type("branchProtection:BranchProtection")
+    assert len(protections) == 2 and all(r["retain_on_delete"] for r in protections)
     delete = program({"projectsOnDestroy": "delete"})
     for res in delete.of_type("project:Project"):
         assert res["retain_on_delete"] is False and res["inputs"]["archiveOnDestroy"] is False
@@ -180,7 +183,7 @@ def test_committed_files_hold_no_secret_and_are_seeded_once(dev: Run) -> None:
             assert secret not in res["inputs"]["content"], res["inputs"]["filePath"]
         assert res["retain_on_delete"] is True
         if res["inputs"]["project"] == dev.named("manifest-project")["id"]:
-            assert res["ignore_changes"] == ["content"]
+            assert res["ignore_changes"] == ["content", "branch", "filePath"]
     pipeline = dev.named("pipeline-file")["inputs"]["content"]
     assert dev.named("manifest-project")["outputs"]["ssh_url_to_repo"] in pipeline
 
@@ -196,3 +199,33 @@ def test_pipeline_is_committed_after_its_variables_and_protection(dev: Run) -> N
     # The app branch is protected straight away, before any file is committed.
     files = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile")}
     assert not files & set(dev.named("app-default-branch")["dependencies"])
+
+
+def test_adopted_projects_follow_their_own_default_branch(program: Callable[..., Run]) -> None:
+    run = program({**ADOPT, "defaultBranch": "trunk"})
+    assert run.error is None, run.error
+    # The mock GitLab reports "main" as the adopted projects' default branch.
+    assert run.named("application")["inputs"]["spec"]["source"]["targetRevision"] == "main"
+    assert run.named("pipeline-file")["inputs"]["branch"] == "main"
+    assert "MANIFEST_DEFAULT_BRANCH: main" in run.named("pipeline-file")["inputs"]["content"]
+
+
+def test_chart_names_do_not_depend_on_chart_path(program: Callable[..., Run], dev: Run) -> None:
+    run = program({"chartPath": "charts/webapp"})
+    assert run.error is None, run.error
+    urns = lambda r: {x["urn"] for x in r.of_type("repositoryFile:RepositoryFile")}  # noqa: E731
+    assert urns(run) == urns(dev)
+    paths = {x["inputs"]["filePath"] for x in run.of_type("repositoryFile:RepositoryFile") if x["name"].startswith("chart/")}
+    assert "charts/webapp/Chart.yaml" in paths and all(p.startswith("charts/webapp/") for p in paths)
+    assert run.named("application")["inputs"]["spec"]["source"]["path"] == "charts/webapp"
+    assert "CHART_FILE: charts/webapp/Chart.yaml" in run.named("pipeline-file")["inputs"]["content"]
+
+
+def test_application_waits_for_the_seeded_chart(dev: Run) -> None:
+    chart = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")}
+    assert chart and chart <= set(dev.named("application")["dependencies"])
+
+
+def test_variables_are_deleted_before_they_are_replaced(dev: Run) -> None:
+    # One variable per key and scope: a replacement must not overlap its predecessor.
+    assert all(r["delete_before_replace"] for r in variables(dev).values())

@@ -50,6 +50,7 @@ def test_demo_stack_is_valid() -> None:
         ("accessTokenExpiryDays", "5", "less than"),
         ("appName", "9lives", "start with a letter"),
         ("imageRepository", "docker.io/acme/_web", "image repository"),
+        ("imageRepository", "ghcr.io/acme/webapp", "Docker Hub"),
     ],
 )
 def test_each_rule_names_key_rule_and_example(key: str, value: str | None, rule: str) -> None:
@@ -160,3 +161,9 @@ def test_bad_config_registers_nothing(program: Callable[..., Run]) -> None:
     assert run.error is not None
     assert "appNamespace" in run.error["message"] and "dockerhubToken" in run.error["message"]
     assert run.resources == []
+
+
+def test_adopting_one_project_for_both_roles_is_rejected() -> None:
+    raw = valid()
+    raw.update(adoptAppProject="acme/webapp", adoptManifestProject="acme/webapp")
+    assert problems(raw).keys == ["adoptManifestProject"]
