@@ -3,7 +3,15 @@
 Pure module: no Pulumi, no I/O. Every value that varies between installations is
 a pipeline variable, so the job scripts are constant text that can be linted and
 run as-is. Secrets never appear here: they are CI/CD variables on the project
-(`DOCKERHUB_TOKEN`, `SSH_PRIVATE_KEY`, `SSH_KNOWN_HOSTS`, `GITLAB_PRIVATE_TOKEN`).
+(`DOCKERHUB_TOKEN`, `SSH_PRIVATE_KEY`, `SSH_KNOWN_HOSTS`, and `GITLAB_PRIVATE_TOKEN`
+when the merge request is opened through the API); see `required_variables`.
+
+The merge request is opened one of two ways (`PipelineSpec.merge_request_via`):
+
+- "api": a third job POSTs to the merge requests API with `GITLAB_PRIVATE_TOKEN`
+  (a project access token, which gitlab.com Free does not offer);
+- "push-options": the manifest push itself carries `-o merge_request.create ...`, so
+  GitLab opens the merge request as the deploy key's owner and no API token is needed.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import yaml
 STAGE_BUILD = "build"
 STAGE_UPDATE_MANIFEST = "update-manifest"
 STAGE_OPEN_MR = "open-mr"
+# Stages and jobs of the "api" mode; `pipeline_stages`/`pipeline_jobs` give them per spec.
 STAGES: tuple[str, ...] = (STAGE_BUILD, STAGE_UPDATE_MANIFEST, STAGE_OPEN_MR)
 
 JOB_BUILD = "build-image"
@@ -24,7 +33,11 @@ JOB_UPDATE_MANIFEST = "update-manifest"
 JOB_OPEN_MR = "open-merge-request"
 JOBS: tuple[str, ...] = (JOB_BUILD, JOB_UPDATE_MANIFEST, JOB_OPEN_MR)
 
-# CI/CD variables the project must define; the pipeline only references them.
+MERGE_REQUEST_VIA_API = "api"
+MERGE_REQUEST_VIA_PUSH_OPTIONS = "push-options"
+MERGE_REQUEST_VIA: tuple[str, ...] = (MERGE_REQUEST_VIA_API, MERGE_REQUEST_VIA_PUSH_OPTIONS)
+
+# Every CI/CD secret any mode reads; `required_variables` gives those of one spec.
 SECRET_VARIABLES: tuple[str, ...] = (
     "DOCKERHUB_TOKEN",
     "SSH_PRIVATE_KEY",
@@ -32,8 +45,14 @@ SECRET_VARIABLES: tuple[str, ...] = (
     "GITLAB_PRIVATE_TOKEN",
 )
 
-# Name of the dotenv report update-manifest hands to open-merge-request.
+# Only the merge request API needs a token; pushes authenticate with the SSH key.
+API_TOKEN_VARIABLE = "GITLAB_PRIVATE_TOKEN"
+
+# Name of the dotenv report update-manifest hands to open-merge-request ("api" mode).
 MANIFEST_DOTENV = "manifest.env"
+
+# GitLab answers a push whose merge request options failed with this warning, and exit 0.
+PUSH_OPTIONS_ERROR = "Error encountered with push options"
 
 DEFAULT_BRANCH_RULE = "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
 IMAGE_TAG_EXPRESSION = "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
@@ -66,8 +85,11 @@ class PipelineSpec:
     registry_auth_url: str = "https://index.docker.io/v1/"
     network_retries: int = 3
     retry_delay_seconds: int = 5
+    merge_request_via: str = MERGE_REQUEST_VIA_API
 
     def __post_init__(self) -> None:
+        if self.merge_request_via not in MERGE_REQUEST_VIA:
+            raise ValueError(f"merge_request_via must be one of {MERGE_REQUEST_VIA}: {self.merge_request_via!r}")
         for name in (
             "image_repository",
             "manifest_ssh_url",
@@ -151,9 +173,13 @@ def _shared_before_script(tools: str, packages: str) -> list[str]:
     ]
 
 
+def _via_api(spec: PipelineSpec) -> bool:
+    return spec.merge_request_via == MERGE_REQUEST_VIA_API
+
+
 def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
     """before_script lines of the manifest update job (tools, helpers, SSH setup)."""
-    return [
+    lines = [
         *_shared_before_script("git ssh", "git openssh-client"),
         # Copies with tight modes: ssh refuses a group/world-readable key.
         'cp "$SSH_PRIVATE_KEY" "$WORK_DIR/id_key"',
@@ -172,16 +198,47 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
             " | sed -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//'"
             " -e 's/^\"\\(.*\\)\"$/\\1/' -e \"s/^'\\(.*\\)'$/\\1/\" | head -n 1; }"
         ),
-        # The job starts in the project directory, where artifacts are collected.
-        f'DOTENV_FILE="$PWD/{MANIFEST_DOTENV}"',
-        'echo "MANIFEST_MR_NEEDED=true" > "$DOTENV_FILE"',
+    ]
+    if _via_api(spec):
+        lines += [
+            # The job starts in the project directory, where artifacts are collected.
+            f'DOTENV_FILE="$PWD/{MANIFEST_DOTENV}"',
+            'echo "MANIFEST_MR_NEEDED=true" > "$DOTENV_FILE"',
+        ]
+    return lines
+
+
+def _push_options_lines() -> list[str]:
+    # GitLab reads these from the push and opens the merge request as the key's owner. For a
+    # branch that already has an open merge request it opens no second one.
+    push = (
+        'retry git push --quiet --force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"'
+        " -o merge_request.create"
+        ' -o "merge_request.target=$MANIFEST_DEFAULT_BRANCH"'
+        ' -o "merge_request.title=Deploy image tag $IMAGE_TAG"'
+        " -o merge_request.remove_source_branch"
+        ' origin "HEAD:refs/heads/$MANIFEST_BRANCH"'
+    )
+    return [
+        f'if ! {push} > "$WORK_DIR/push-output" 2>&1; then cat "$WORK_DIR/push-output" >&2; exit 1; fi',
+        'cat "$WORK_DIR/push-output"',
+        # The push itself succeeds even when GitLab could not create the merge request.
+        (
+            f"if grep -q '{PUSH_OPTIONS_ERROR}' \"$WORK_DIR/push-output\"; then "
+            'echo "GitLab did not open the merge request for $MANIFEST_BRANCH; re-run this job" >&2; exit 1; fi'
+        ),
     ]
 
 
 def update_manifest_script(spec: PipelineSpec) -> list[str]:
-    """Script lines that point the chart's appVersion at the new tag on a bot branch."""
+    """Script lines that point the chart's appVersion at the new tag on a bot branch.
+
+    With "push-options" the same push asks GitLab for the merge request.
+    """
     chart = '"$WORK_DIR/manifest/$CHART_FILE"'
-    return [
+    via_api = _via_api(spec)
+    no_mr_needed = 'echo "MANIFEST_MR_NEEDED=false" > "$DOTENV_FILE"; ' if via_api else " "
+    lines = [
         ('retry git clone --quiet --depth 1 --branch "$MANIFEST_DEFAULT_BRANCH" "$MANIFEST_SSH_URL" "$WORK_DIR/manifest"'),
         'cd "$WORK_DIR/manifest"',
         f'if [ ! -f {chart} ]; then echo "$CHART_FILE not found in the manifest repository" >&2; exit 1; fi',
@@ -189,18 +246,26 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
         (
             f'if [ "$(app_version {chart})" = "$IMAGE_TAG" ]; then '
             'echo "$MANIFEST_DEFAULT_BRANCH already has appVersion $IMAGE_TAG";'
-            'echo "MANIFEST_MR_NEEDED=false" > "$DOTENV_FILE"; exit 0; fi'
+            f"{no_mr_needed}exit 0; fi"
         ),
         'retry git ls-remote --heads origin "refs/heads/$MANIFEST_BRANCH" > "$WORK_DIR/remote-branch"',
         'REMOTE_SHA="$(cut -f1 "$WORK_DIR/remote-branch")"',
+    ]
+    if via_api:
         # A re-run for the same tag finds the branch already pointing at it: leave it alone.
-        (
+        lines.append(
             'if [ -n "$REMOTE_SHA" ]; then '
             'retry git fetch --quiet --depth 1 origin "+refs/heads/$MANIFEST_BRANCH:refs/remotes/origin/$MANIFEST_BRANCH"; '
             'git show "refs/remotes/origin/$MANIFEST_BRANCH:$CHART_FILE" > "$WORK_DIR/remote-chart"; '
             'if [ "$(app_version "$WORK_DIR/remote-chart")" = "$IMAGE_TAG" ]; then '
             'echo "$MANIFEST_BRANCH already sets appVersion $IMAGE_TAG"; exit 0; fi; fi'
-        ),
+        )
+    # With push options a re-run pushes again (a fresh commit, so the push is not a no-op):
+    # only a push carries the options, and it is the only way to ask for the merge request.
+    commit = 'git commit --quiet -m "Set appVersion to $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG"'
+    if not via_api:
+        commit += ' -m "Job: ${CI_JOB_URL:-local run}"'
+    lines += [
         (
             f"if grep -q '^appVersion:' {chart}; then "
             f'sed -i "s/^appVersion:.*/appVersion: \\"$IMAGE_TAG\\"/" {chart}; '
@@ -211,14 +276,18 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
         f'test "$(app_version {chart})" = "$IMAGE_TAG"',
         'git config user.name "$BOT_NAME"',
         'git config user.email "$BOT_EMAIL"',
-        ('git commit --quiet -m "Set appVersion to $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG" -- "$CHART_FILE"'),
+        f'{commit} -- "$CHART_FILE"',
+    ]
+    if via_api:
         # The lease only lets us replace the branch state we just saw (empty: must not exist).
-        (
+        lines.append(
             'retry git push --quiet --force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"'
             ' origin "HEAD:refs/heads/$MANIFEST_BRANCH"'
-        ),
-        'echo "Pushed $MANIFEST_BRANCH with appVersion $IMAGE_TAG"',
-    ]
+        )
+    else:
+        lines += _push_options_lines()
+    lines.append('echo "Pushed $MANIFEST_BRANCH with appVersion $IMAGE_TAG"')
+    return lines
 
 
 def open_mr_before_script(spec: PipelineSpec) -> list[str]:
@@ -279,10 +348,40 @@ def pipeline_variables(spec: PipelineSpec) -> dict[str, str]:
     }
 
 
+def pipeline_stages(spec: PipelineSpec) -> tuple[str, ...]:
+    """The pipeline's stages, in order: no merge request stage with push options."""
+    return STAGES if _via_api(spec) else (STAGE_BUILD, STAGE_UPDATE_MANIFEST)
+
+
+def pipeline_jobs(spec: PipelineSpec) -> tuple[str, ...]:
+    """The pipeline's jobs, in stage order: no merge request job with push options."""
+    return JOBS if _via_api(spec) else (JOB_BUILD, JOB_UPDATE_MANIFEST)
+
+
+def required_variables(spec: PipelineSpec) -> tuple[str, ...]:
+    """The CI/CD variables (secrets) the rendered pipeline reads; the project must define them."""
+    if _via_api(spec):
+        return SECRET_VARIABLES
+    return tuple(name for name in SECRET_VARIABLES if name != API_TOKEN_VARIABLE)
+
+
 def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
     """The `.gitlab-ci.yml` content as plain data."""
-    return {
-        "stages": list(STAGES),
+    update_manifest: dict[str, Any] = {
+        "stage": STAGE_UPDATE_MANIFEST,
+        "image": spec.tools_image,
+        # The app sources are not needed to edit the manifest repository.
+        "variables": {"GIT_STRATEGY": "none"},
+        "rules": _rules(),
+        # Pipelines of consecutive commits must not push to the manifest at once.
+        "resource_group": "manifest-update",
+        "interruptible": False,
+        "retry": _runner_retry(),
+        "before_script": update_manifest_before_script(spec),
+        "script": update_manifest_script(spec),
+    }
+    document: dict[str, Any] = {
+        "stages": list(pipeline_stages(spec)),
         "variables": pipeline_variables(spec),
         JOB_BUILD: {
             "stage": STAGE_BUILD,
@@ -293,38 +392,29 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "retry": _runner_retry(),
             "script": build_script(spec),
         },
-        JOB_UPDATE_MANIFEST: {
-            "stage": STAGE_UPDATE_MANIFEST,
-            "image": spec.tools_image,
-            # The app sources are not needed to edit the manifest repository.
-            "variables": {"GIT_STRATEGY": "none"},
-            "rules": _rules(),
-            # Pipelines of consecutive commits must not push to the manifest at once.
-            "resource_group": "manifest-update",
-            "interruptible": False,
-            "retry": _runner_retry(),
-            "before_script": update_manifest_before_script(spec),
-            "script": update_manifest_script(spec),
-            "artifacts": {"reports": {"dotenv": MANIFEST_DOTENV}},
-        },
-        JOB_OPEN_MR: {
-            "stage": STAGE_OPEN_MR,
-            "image": spec.tools_image,
-            "variables": {"GIT_STRATEGY": "none"},
-            "rules": _rules(),
-            "needs": [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}],
-            "interruptible": False,
-            "retry": _runner_retry(),
-            "before_script": open_mr_before_script(spec),
-            "script": open_mr_script(spec),
-        },
+        JOB_UPDATE_MANIFEST: update_manifest,
     }
+    if not _via_api(spec):
+        return document
+    update_manifest["artifacts"] = {"reports": {"dotenv": MANIFEST_DOTENV}}
+    document[JOB_OPEN_MR] = {
+        "stage": STAGE_OPEN_MR,
+        "image": spec.tools_image,
+        "variables": {"GIT_STRATEGY": "none"},
+        "rules": _rules(),
+        "needs": [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}],
+        "interruptible": False,
+        "retry": _runner_retry(),
+        "before_script": open_mr_before_script(spec),
+        "script": open_mr_script(spec),
+    }
+    return document
 
 
 def job_scripts(spec: PipelineSpec) -> dict[str, list[str]]:
     """Each job's shell lines as a runner executes them: before_script then script."""
     document = pipeline_document(spec)
-    return {job: [*document[job].get("before_script", []), *document[job]["script"]] for job in JOBS}
+    return {job: [*document[job].get("before_script", []), *document[job]["script"]] for job in pipeline_jobs(spec)}
 
 
 def render_pipeline(spec: PipelineSpec) -> str:

@@ -1,7 +1,8 @@
 """The rendered app pipeline: schema, gitlab-ci-local, shellcheck, and real runs of its jobs.
 
 The manifest jobs run their own script lines against a loopback sshd serving a bare
-chart repository and a loopback HTTP server standing in for the GitLab MR API.
+chart repository and a loopback HTTP server standing in for the GitLab MR API. For the
+"push-options" mode the bare repository records the push options it receives.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ from components.pipeline import (
     JOB_UPDATE_MANIFEST,
     JOBS,
     MANIFEST_DOTENV,
+    MERGE_REQUEST_VIA,
     SECRET_VARIABLES,
     STAGES,
     PipelineSpec,
     job_scripts,
+    pipeline_jobs,
+    pipeline_stages,
     render_pipeline,
+    required_variables,
 )
 from tests.tools import missing, require_tool
 
@@ -56,6 +61,18 @@ version: 0.1.0
 appVersion: "0.0.0"
 """
 RUN_TIMEOUT = 120
+API = "api"
+PUSH_OPTIONS = "push-options"
+# What each mode's pipeline must consist of, spelled out rather than taken from the module.
+EXPECTED_JOBS: dict[str, list[tuple[str, str]]] = {
+    API: [("build-image", "build"), ("update-manifest", "update-manifest"), ("open-merge-request", "open-mr")],
+    PUSH_OPTIONS: [("build-image", "build"), ("update-manifest", "update-manifest")],
+}
+EXPECTED_VARIABLES: dict[str, set[str]] = {
+    API: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS", "GITLAB_PRIVATE_TOKEN"},
+    PUSH_OPTIONS: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"},
+}
+MODE_JOBS = [(mode, job) for mode, jobs in EXPECTED_JOBS.items() for job, _ in jobs]
 
 
 def make_spec(**overrides: Any) -> PipelineSpec:
@@ -85,10 +102,19 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- static checks
 
 
-def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path) -> None:
+def test_modes_are_exactly_the_two_ways() -> None:
+    assert MERGE_REQUEST_VIA == (API, PUSH_OPTIONS)
+    assert set(EXPECTED_JOBS) == set(MERGE_REQUEST_VIA)
+    assert make_spec().merge_request_via == API
+    assert list(JOBS) == [job for job, _ in EXPECTED_JOBS[API]]
+    assert list(STAGES) == [stage for _, stage in EXPECTED_JOBS[API]]
+
+
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path, mode: str) -> None:
     check = require_tool("check-jsonschema")
     ci_file = tmp_path / ".gitlab-ci.yml"
-    ci_file.write_text(render_pipeline(make_spec()))
+    ci_file.write_text(render_pipeline(make_spec(merge_request_via=mode)))
     result = subprocess.run(
         [
             check,
@@ -106,9 +132,15 @@ def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_document_shape() -> None:
-    document = yaml.safe_load(render_pipeline(make_spec()))
-    assert document["stages"] == list(STAGES)
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_document_shape(mode: str) -> None:
+    spec = make_spec(merge_request_via=mode)
+    document = yaml.safe_load(render_pipeline(spec))
+    expected_jobs = [job for job, _ in EXPECTED_JOBS[mode]]
+    assert document["stages"] == [stage for _, stage in EXPECTED_JOBS[mode]]
+    assert list(pipeline_stages(spec)) == document["stages"]
+    assert list(pipeline_jobs(spec)) == expected_jobs
+    assert [key for key in document if key not in ("stages", "variables")] == expected_jobs
     variables = document["variables"]
     assert variables["IMAGE_TAG"] == "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
     assert variables["IMAGE_REPOSITORY"] == "docker.io/acme/webapp"
@@ -117,7 +149,7 @@ def test_document_shape() -> None:
     assert variables["MANIFEST_DEFAULT_BRANCH"] == "main"
     assert variables["CHART_FILE"] == "Chart.yaml"
     assert not set(SECRET_VARIABLES) & set(variables)
-    for job in JOBS:
+    for job in expected_jobs:
         assert "only" not in document[job] and "except" not in document[job]
         assert document[job]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
         assert set(SECRET_VARIABLES).isdisjoint(document[job].get("variables", {}))
@@ -129,14 +161,24 @@ def test_document_shape() -> None:
     clone = [line for line in document[JOB_UPDATE_MANIFEST]["script"] if " clone " in line]
     assert len(clone) == 1
     assert '--depth 1 --branch "$MANIFEST_DEFAULT_BRANCH"' in clone[0]
-    assert "ssh-keyscan" not in render_pipeline(make_spec())
-    for job in (JOB_UPDATE_MANIFEST, JOB_OPEN_MR):
+    assert "ssh-keyscan" not in render_pipeline(spec)
+    for job in expected_jobs[1:]:
         assert re.fullmatch(r"alpine:\d+\.\d+\.\d+", document[job]["image"])
         assert document[job]["retry"]["max"] >= 1
+    # Only the API mode hands a dotenv report to a later job.
+    artifacts = document[JOB_UPDATE_MANIFEST].get("artifacts")
+    if mode == API:
+        assert artifacts == {"reports": {"dotenv": MANIFEST_DOTENV}}
+        assert document[JOB_OPEN_MR]["needs"] == [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}]
+    else:
+        assert artifacts is None
+        assert MANIFEST_DOTENV not in render_pipeline(spec)
 
 
-def test_no_secret_in_rendered_file() -> None:
-    text = render_pipeline(make_spec())
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_no_secret_in_rendered_file(mode: str) -> None:
+    spec = make_spec(merge_request_via=mode)
+    text = render_pipeline(spec)
     for secret in (
         GITLAB_TOKEN,
         DOCKERHUB_TOKEN,
@@ -146,7 +188,7 @@ def test_no_secret_in_rendered_file() -> None:
     ):
         assert secret not in text
     # Secrets are only referenced, and never handed to echo or to a traced shell.
-    for job, lines in job_scripts(make_spec()).items():
+    for job, lines in job_scripts(spec).items():
         for line in lines:
             assert "set -x" not in line, (job, line)
             for name in SECRET_VARIABLES:
@@ -157,9 +199,45 @@ def test_no_secret_in_rendered_file() -> None:
                     )
 
 
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_required_variables_are_those_the_file_reads(mode: str) -> None:
+    spec = make_spec(merge_request_via=mode)
+    text = render_pipeline(spec)
+    referenced = {name for name in SECRET_VARIABLES if re.search(r"\$\{?" + name + r"\b", text)}
+    assert set(required_variables(spec)) == EXPECTED_VARIABLES[mode] == referenced
+    assert len(required_variables(spec)) == len(EXPECTED_VARIABLES[mode])
+    assert SECRET_VARIABLES == tuple(sorted(EXPECTED_VARIABLES[API], key=SECRET_VARIABLES.index))
+
+
+def test_push_options_file_never_mentions_the_api_token() -> None:
+    text = render_pipeline(make_spec(merge_request_via=PUSH_OPTIONS))
+    assert "GITLAB_PRIVATE_TOKEN" not in text
+    assert "PRIVATE-TOKEN" not in text and "merge_requests" not in text
+    assert "GITLAB_PRIVATE_TOKEN" in render_pipeline(make_spec())
+
+
+def test_push_options_ride_on_the_manifest_push() -> None:
+    lines = job_scripts(make_spec(merge_request_via=PUSH_OPTIONS))[JOB_UPDATE_MANIFEST]
+    pushes = [line for line in lines if "git push" in line]
+    assert len(pushes) == 1
+    push = pushes[0]
+    for option in (
+        "-o merge_request.create ",
+        '-o "merge_request.target=$MANIFEST_DEFAULT_BRANCH" ',
+        '-o "merge_request.title=Deploy image tag $IMAGE_TAG" ',
+        "-o merge_request.remove_source_branch ",
+    ):
+        assert option in push
+    assert '--force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"' in push
+    assert not any("merge_request." in line for line in job_scripts(make_spec())[JOB_UPDATE_MANIFEST])
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
+        {"merge_request_via": "API"},
+        {"merge_request_via": "push_options"},
+        {"merge_request_via": ""},
         {"image_repository": "docker.io/acme/webapp:latest"},
         {"image_repository": ""},
         {"manifest_ssh_url": "https://gitlab.com/acme/chart.git"},
@@ -181,12 +259,18 @@ def test_spec_accepts_both_ssh_url_forms() -> None:
         assert yaml.safe_load(render_pipeline(make_spec(manifest_ssh_url=url)))["variables"]["MANIFEST_SSH_URL"] == url
 
 
-@pytest.mark.parametrize("job", JOBS)
-def test_job_script_passes_shellcheck(job: str, tmp_path: Path) -> None:
+def test_shellcheck_covers_every_job() -> None:
+    for mode in MERGE_REQUEST_VIA:
+        jobs = set(job_scripts(make_spec(merge_request_via=mode)))
+        assert jobs == {job for job_mode, job in MODE_JOBS if job_mode == mode}
+
+
+@pytest.mark.parametrize(("mode", "job"), MODE_JOBS)
+def test_job_script_passes_shellcheck(mode: str, job: str, tmp_path: Path) -> None:
     shellcheck = require_tool("shellcheck")
     script = tmp_path / f"{job}.sh"
     # A runner stops at the first failing line, as `set -e` does.
-    script.write_text("set -e\n" + "\n".join(job_scripts(make_spec())[job]) + "\n")
+    script.write_text("set -e\n" + "\n".join(job_scripts(make_spec(merge_request_via=mode))[job]) + "\n")
     result = subprocess.run(
         [shellcheck, "-s", "sh", "-S", "style", str(script)],
         capture_output=True,
@@ -217,11 +301,16 @@ def _gitlab_ci_local(cwd: Path, home: Path, *args: str) -> str:
     return result.stdout
 
 
+@pytest.fixture(params=MERGE_REQUEST_VIA)
+def ci_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def ci_checkout(tmp_path: Path) -> Path:
+def ci_checkout(tmp_path: Path, ci_mode: str) -> Path:
     checkout = tmp_path / "app"
     checkout.mkdir()
-    (checkout / ".gitlab-ci.yml").write_text(render_pipeline(make_spec()))
+    (checkout / ".gitlab-ci.yml").write_text(render_pipeline(make_spec(merge_request_via=ci_mode)))
     git("init", "-q", "-b", "main", cwd=checkout)
     git("add", ".gitlab-ci.yml", cwd=checkout)
     git(
@@ -232,7 +321,7 @@ def ci_checkout(tmp_path: Path) -> Path:
     return checkout
 
 
-def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, tmp_path: Path) -> None:
+def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     rows = [line.split(";") for line in out.strip().splitlines()]
     header, jobs = rows[0], rows[1:]
@@ -241,29 +330,35 @@ def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, tmp_path: 
         header.index("stage"),
         header.index("when"),
     )
-    assert [(row[name_col], row[stage_col]) for row in jobs] == list(zip(JOBS, STAGES, strict=True))
+    assert [(row[name_col], row[stage_col]) for row in jobs] == EXPECTED_JOBS[ci_mode]
     assert all(row[when_col] == "on_success" for row in jobs)
 
     listed = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list")
-    positions = [listed.index(job) for job in JOBS]
+    positions = [listed.index(job) for job, _ in EXPECTED_JOBS[ci_mode]]
     assert positions == sorted(positions)
+    assert (JOB_OPEN_MR in listed) == (ci_mode == API)
 
 
-def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, tmp_path: Path) -> None:
+def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
     git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     assert out.strip().splitlines()[1:] == []
     everything = json.loads(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json"))
-    assert {job["name"]: job["when"] for job in everything} == dict.fromkeys(JOBS, "never")
+    assert {job["name"]: job["when"] for job in everything} == {job: "never" for job, _ in EXPECTED_JOBS[ci_mode]}
 
 
-def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, tmp_path: Path) -> None:
+def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
     preview = yaml.safe_load(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--preview"))
     stages = [stage for stage in preview["stages"] if not stage.startswith(".")]
-    assert stages == list(STAGES)
-    for job, stage in zip(JOBS, STAGES, strict=True):
+    assert stages == [stage for _, stage in EXPECTED_JOBS[ci_mode]]
+    for job, stage in EXPECTED_JOBS[ci_mode]:
         assert preview[job]["stage"] == stage
-    assert preview[JOB_OPEN_MR]["needs"][0]["job"] == JOB_UPDATE_MANIFEST
+    if ci_mode == API:
+        assert stages == list(STAGES)
+        assert preview[JOB_OPEN_MR]["needs"][0]["job"] == JOB_UPDATE_MANIFEST
+    else:
+        assert JOB_OPEN_MR not in preview
+        assert "artifacts" not in preview[JOB_UPDATE_MANIFEST]
 
 
 # --------------------------------------------------------------------------- loopback services
@@ -566,7 +661,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
     require_tool("curl")
     counter = iter(range(1, 1000))
 
-    def make(manifest: Manifest, short_sha: str, known_hosts: Path | None = None) -> Runner:
+    def make(manifest: Manifest, short_sha: str, known_hosts: Path | None = None, merge_request_via: str = API) -> Runner:
         index = next(counter)
         project = tmp_path / f"project-{index}"
         home = tmp_path / f"home-{index}"
@@ -579,17 +674,19 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         key_file.chmod(0o644)  # as a runner writes it; the job must tighten its own copy
         hosts_file = tmp_path / f"SSH_KNOWN_HOSTS-{index}"
         shutil.copy(known_hosts or ssh_server.known_hosts, hosts_file)
-        spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare))
+        spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare), merge_request_via=merge_request_via)
+        secrets = {
+            "SSH_PRIVATE_KEY": str(key_file),
+            "SSH_KNOWN_HOSTS": str(hosts_file),
+            "GITLAB_PRIVATE_TOKEN": GITLAB_TOKEN,
+            "DOCKERHUB_TOKEN": DOCKERHUB_TOKEN,
+        }
         return Runner(
             spec=spec,
             project_dir=project,
             home=home,
-            secrets={
-                "SSH_PRIVATE_KEY": str(key_file),
-                "SSH_KNOWN_HOSTS": str(hosts_file),
-                "GITLAB_PRIVATE_TOKEN": GITLAB_TOKEN,
-                "DOCKERHUB_TOKEN": DOCKERHUB_TOKEN,
-            },
+            # Only what the project must define: a job reading anything else would fail here.
+            secrets={name: secrets[name] for name in required_variables(spec)},
             predefined={
                 "CI": "true",
                 "GITLAB_CI": "true",
@@ -654,6 +751,121 @@ def test_update_manifest_and_open_mr_end_to_end(tmp_path: Path, runner_factory: 
     assert mr_api.requests[1].form["source_branch"] == branch
     assert mr_api.open_source_branches == {branch}
     assert "already open" in rerun_mr.stdout
+
+
+# --------------------------------------------------------------------------- push options
+
+
+def record_push_options(manifest: Manifest) -> Path:
+    """Make the bare repo accept push options and log them per push, as GitLab would read them."""
+    log = manifest.bare.parent / "push-options.log"
+    git("--git-dir", str(manifest.bare), "config", "receive.advertisePushOptions", "true")
+    hook = manifest.bare / "hooks" / "post-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'log="{log}"\n'
+        'echo "push GIT_PUSH_OPTION_COUNT=${GIT_PUSH_OPTION_COUNT:-unset}" >> "$log"\n'
+        "i=0\n"
+        'while [ "$i" -lt "${GIT_PUSH_OPTION_COUNT:-0}" ]; do\n'
+        '  eval "value=\\${GIT_PUSH_OPTION_$i}"\n'
+        '  echo "option $value" >> "$log"\n'
+        "  i=$((i + 1))\n"
+        "done\n"
+        # Stands in for GitLab refusing the merge request (the push itself still succeeds).
+        f'if [ -f "{log}.refuse" ]; then\n'
+        "  echo 'WARNINGS:' >&2\n"
+        "  echo \"Error encountered with push options 'merge_request.create': Target branch does not exist\" >&2\n"
+        "fi\n"
+    )
+    hook.chmod(0o755)
+    return log
+
+
+def pushes_logged(log: Path) -> list[list[str]]:
+    """Options of each logged push, checked against the count the hook saw."""
+    pushes: list[tuple[int, list[str]]] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.startswith("push GIT_PUSH_OPTION_COUNT="):
+            pushes.append((int(line.split("=", 1)[1]), []))
+        else:
+            assert line.startswith("option "), line
+            pushes[-1][1].append(line.removeprefix("option "))
+    for count, options in pushes:
+        assert count == len(options)
+    return [options for _, options in pushes]
+
+
+def expected_push_options(tag: str) -> list[str]:
+    return [
+        "merge_request.create",
+        "merge_request.target=main",
+        f"merge_request.title=Deploy image tag {tag}",
+        "merge_request.remove_source_branch",
+    ]
+
+
+def test_push_options_open_the_merge_request_without_a_token(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    log = record_push_options(manifest)
+    runner: Runner = runner_factory(manifest, "b0a710ad", merge_request_via=PUSH_OPTIONS)
+    assert "GITLAB_PRIVATE_TOKEN" not in runner.secrets
+    tag = "main-b0a710ad"
+    branch = f"{BRANCH_PREFIX}{tag}"
+
+    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/101"
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    assert set(refs(manifest.bare)) == {"refs/heads/main", f"refs/heads/{branch}"}
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+    assert chart_at(manifest.bare, branch)["appVersion"] == tag
+    assert pushes_logged(log) == [expected_push_options(tag)]
+    assert not (runner.project_dir / MANIFEST_DOTENV).exists()
+    assert mr_api.requests == []
+
+    # A re-run for the same tag succeeds and asks again; GitLab keeps the one open MR.
+    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/102"
+    rerun = runner.run(JOB_UPDATE_MANIFEST)
+    assert rerun.returncode == 0, rerun.stderr
+    assert set(refs(manifest.bare)) == {"refs/heads/main", f"refs/heads/{branch}"}
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+    assert chart_at(manifest.bare, branch)["appVersion"] == tag
+    assert pushes_logged(log) == [expected_push_options(tag)] * 2
+    # Still a single bot commit on top of the default branch, now from the second job.
+    commits = git("--git-dir", str(manifest.bare), "log", "--format=%P|%B", f"main..{branch}")
+    assert commits.count(f"{manifest.head}|") == 1
+    assert "jobs/102" in commits and "jobs/101" not in commits
+    assert mr_api.requests == []
+
+
+def test_push_options_refused_by_gitlab_fails_the_job(tmp_path: Path, runner_factory: Any) -> None:
+    manifest = seed_manifest(tmp_path)
+    log = record_push_options(manifest)
+    runner: Runner = runner_factory(manifest, "0ddba110", merge_request_via=PUSH_OPTIONS)
+    Path(f"{log}.refuse").touch()
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode != 0
+    assert "remote: Error encountered with push options" in update.stdout + update.stderr
+    assert "GitLab did not open the merge request" in update.stderr
+    # Once GitLab accepts, a re-run succeeds: it pushes, and so asks, again.
+    Path(f"{log}.refuse").unlink()
+    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/7"
+    rerun = runner.run(JOB_UPDATE_MANIFEST)
+    assert rerun.returncode == 0, rerun.stderr
+    assert pushes_logged(log) == [expected_push_options("main-0ddba110")] * 2
+
+
+def test_push_options_default_branch_already_at_tag_pushes_nothing(tmp_path: Path, runner_factory: Any) -> None:
+    manifest = seed_manifest(tmp_path, CHART_SEED.replace('"0.0.0"', '"main-5eed5eed"'))
+    log = record_push_options(manifest)
+    runner: Runner = runner_factory(manifest, "5eed5eed", merge_request_via=PUSH_OPTIONS)
+    update = runner.run(JOB_UPDATE_MANIFEST)
+    assert update.returncode == 0, update.stderr
+    assert "main already has appVersion main-5eed5eed" in update.stdout
+    assert set(refs(manifest.bare)) == {"refs/heads/main"}
+    assert pushes_logged(log) == []
+    assert not (runner.project_dir / MANIFEST_DOTENV).exists()
 
 
 def test_ssh_key_file_is_copied_with_tight_mode(tmp_path: Path, runner_factory: Any) -> None:
@@ -854,3 +1066,39 @@ def test_gitlab_ci_local_shell_run_of_manifest_jobs(
         assert chart_at(manifest.bare, branch)["appVersion"] == tag
         assert [r.form["source_branch"] for r in mr_api.requests] == [branch]
         assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
+
+
+def test_gitlab_ci_local_shell_run_with_push_options(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi) -> None:
+    """gitlab-ci-local runs the push-options pipeline's manifest job with no API token defined."""
+    require_tool("rsync")
+    app = tmp_path / "app"
+    app.mkdir()
+    git("init", "-q", "-b", "main", cwd=app)
+    bare = tmp_path / "chart.git"
+    spec = make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=PUSH_OPTIONS)
+    (app / ".gitlab-ci.yml").write_text(render_pipeline(spec))
+    git("add", ".gitlab-ci.yml", cwd=app)
+    git(
+        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
+        "commit", "-q", "-m", "Add pipeline",
+        cwd=app,
+    )  # fmt: skip
+    tag = "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
+    manifest = seed_manifest(tmp_path)
+    log = record_push_options(manifest)
+    key = tmp_path / "SSH_PRIVATE_KEY"
+    shutil.copy(ssh_server.client_key, key)
+    (app / ".gitlab-ci-local-variables.yml").write_text(
+        yaml.safe_dump(
+            {
+                "SSH_PRIVATE_KEY": str(key),
+                "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
+                "RETRY_DELAY": "0",
+            }
+        )
+    )
+    out = _gitlab_ci_local(app, tmp_path / "home", "--force-shell-executor", JOB_UPDATE_MANIFEST)
+    assert f"Pushed {BRANCH_PREFIX}{tag} with appVersion {tag}" in out
+    assert chart_at(manifest.bare, f"{BRANCH_PREFIX}{tag}")["appVersion"] == tag
+    assert pushes_logged(log) == [expected_push_options(tag)]
+    assert mr_api.requests == []
