@@ -90,6 +90,7 @@ access = GitLabAccess(
         token_expiry_days=settings.gitlab.token_expiry_days,
         token_rotate_before_days=settings.gitlab.token_rotate_before_days,
         epoch=settings.credentials_epoch,
+        merge_request_via=settings.gitlab.merge_request_via,
         webhook_url=webhook_url,
         webhook_secret=credentials.webhook_secret,
     ),
@@ -102,6 +103,7 @@ DeliveryPipeline(
         manifest=projects.manifest,
         image_repository=settings.app.image_repository,
         chart_file=posixpath.normpath(posixpath.join(settings.app.chart_path, "Chart.yaml")),
+        merge_request_via=settings.gitlab.merge_request_via,
         ready=[access, *([protections.app] if protections.app else [])],
     ),
 )

@@ -32,6 +32,8 @@ class AccessArgs:
     token_expiry_days: int
     token_rotate_before_days: int
     epoch: int
+    # "api": a project access token opens merge requests; "push-options": git push does.
+    merge_request_via: str = "api"
     webhook_url: str | None = None
     webhook_secret: pulumi.Input[str] | None = None
 
@@ -61,22 +63,24 @@ class GitLabAccess(pulumi.ComponentResource):
             can_push=True,
             opts=child,
         )
-        self.mr_token = gitlab.ProjectAccessToken(
-            "mr-token",
-            project=manifest_id,
-            name=f"gitops-bootstrap-mr-{args.stack}",
-            description="Opens merge requests from the app project's pipeline.",
-            scopes=MR_TOKEN_SCOPES,
-            access_level=MR_TOKEN_ROLE,
-            # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
-            rotation_configuration={
-                "expiration_days": args.token_expiry_days,
-                "rotate_before_days": args.token_rotate_before_days,
-            },
-            # A new epoch replaces the token; create-before-delete keeps the old one valid
-            # until GITLAB_PRIVATE_TOKEN holds the new one.
-            opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
-        )
+        self.mr_token: gitlab.ProjectAccessToken | None = None
+        if args.merge_request_via == "api":
+            self.mr_token = gitlab.ProjectAccessToken(
+                "mr-token",
+                project=manifest_id,
+                name=f"gitops-bootstrap-mr-{args.stack}",
+                description="Opens merge requests from the app project's pipeline.",
+                scopes=MR_TOKEN_SCOPES,
+                access_level=MR_TOKEN_ROLE,
+                # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
+                rotation_configuration={
+                    "expiration_days": args.token_expiry_days,
+                    "rotate_before_days": args.token_rotate_before_days,
+                },
+                # A new epoch replaces the token; create-before-delete keeps the old one valid
+                # until GITLAB_PRIVATE_TOKEN holds the new one.
+                opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
+            )
 
         hidden = True if args.hide_variables else None
         app_id = args.app.id
@@ -85,7 +89,6 @@ class GitLabAccess(pulumi.ComponentResource):
         # alone is an in-place update, so rotation never goes through this.
         variable = child.merge(pulumi.ResourceOptions(delete_before_replace=True))
         auth = pulumi.Output.secret(args.dockerhub_token).apply(lambda t: docker_auth(args.dockerhub_user, t))
-        token_value: pulumi.Output[str] = pulumi.Output.secret(self.mr_token.token.apply(str))
         self.variables = [
             gitlab.ProjectVariable(
                 "dockerhub-token",
@@ -116,19 +119,6 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=variable.merge(pulumi.ResourceOptions(depends_on=[self.ci_deploy_key])),
             ),
             gitlab.ProjectVariable(
-                "gitlab-private-token",
-                project=app_id,
-                key="GITLAB_PRIVATE_TOKEN",
-                value=token_value,
-                masked=True,
-                protected=True,
-                hidden=hidden,
-                # GitLab's own token format (glpat-…) meets the expanded masking rule.
-                raw=False,
-                description="Manifest project access token (api, developer) for opening merge requests.",
-                opts=variable,
-            ),
-            gitlab.ProjectVariable(
                 "ssh-known-hosts",
                 project=app_id,
                 key="SSH_KNOWN_HOSTS",
@@ -141,6 +131,24 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=variable,
             ),
         ]
+
+        if self.mr_token is not None:
+            token_value: pulumi.Output[str] = pulumi.Output.secret(self.mr_token.token.apply(str))
+            self.variables.append(
+                gitlab.ProjectVariable(
+                    "gitlab-private-token",
+                    project=app_id,
+                    key="GITLAB_PRIVATE_TOKEN",
+                    value=token_value,
+                    masked=True,
+                    protected=True,
+                    hidden=hidden,
+                    # GitLab's own token format (glpat-…) meets the expanded masking rule.
+                    raw=False,
+                    description="Manifest project access token (api, developer) for opening merge requests.",
+                    opts=variable,
+                )
+            )
 
         self.hook: gitlab.ProjectHook | None = None
         if args.webhook_url is not None and args.webhook_secret is not None:
@@ -155,4 +163,4 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.register_outputs({"mrTokenExpiresAt": self.mr_token.expires_at})
+        self.register_outputs({"mrTokenExpiresAt": self.mr_token.expires_at if self.mr_token else None})

@@ -132,6 +132,7 @@ class DeliveryPipelineArgs:
     manifest: ProjectInfo
     image_repository: str
     chart_file: str
+    merge_request_via: str
     ready: Sequence[pulumi.Resource]
 
 
@@ -148,6 +149,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     manifest_project_id=str(values[0]),
                     manifest_default_branch=values[2],
                     chart_file=args.chart_file,
+                    merge_request_via=args.merge_request_via,
                 )
             )
         )

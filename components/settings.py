@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components import manifest_source
+from components.pipeline import MERGE_REQUEST_VIA
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -155,6 +156,14 @@ KEYS: tuple[Key, ...] = (
         "known_hosts lines of the GitLab SSH host, one key per line.",
         '["gitlab.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf"]',
     ),
+    Key(
+        "mergeRequestVia",
+        "string",
+        "How the pipeline opens merge requests: api (a project access token) or push-options"
+        " (no token; for GitLab tiers without project access tokens).",
+        "api",
+        default="api",
+    ),
     Key("hideCiVariables", "boolean", "Also hide masked CI variables (GitLab 17.6 and later).", "false", default=False),
     Key("accessTokenExpiryDays", "integer", "Lifetime of the merge-request access token, in days.", "30", default=30),
     Key("accessTokenRotateBeforeDays", "integer", "Rotate the access token this many days before it expires.", "7", default=7),
@@ -208,6 +217,7 @@ class GitLabSettings:
     projects_on_destroy: str
     ssh_known_hosts: tuple[str, ...]
     hide_ci_variables: bool
+    merge_request_via: str
     token_expiry_days: int
     token_rotate_before_days: int
 
@@ -441,6 +451,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         if not _KNOWN_HOSTS_LINE.match(line):
             r.bad("gitlabSshKnownHosts", f"has a line that is not a known_hosts entry: {line[:40]!r}")
     hide = r.boolean("hideCiVariables")
+    via = r.string("mergeRequestVia") or ""
+    r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
     expiry = r.integer("accessTokenExpiryDays", 2)
     rotate_before = r.integer("accessTokenRotateBeforeDays", 1)
     if rotate_before >= expiry:
@@ -501,6 +513,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             projects_on_destroy=on_destroy,
             ssh_known_hosts=known_hosts,
             hide_ci_variables=hide,
+            merge_request_via=via,
             token_expiry_days=expiry,
             token_rotate_before_days=rotate_before,
         ),

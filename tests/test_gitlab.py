@@ -229,3 +229,12 @@ def test_application_waits_for_the_seeded_chart(dev: Run) -> None:
 def test_variables_are_deleted_before_they_are_replaced(dev: Run) -> None:
     # One variable per key and scope: a replacement must not overlap its predecessor.
     assert all(r["delete_before_replace"] for r in variables(dev).values())
+
+
+def test_push_options_mode_needs_no_access_token(program: Callable[..., Run]) -> None:
+    run = program({"mergeRequestVia": "push-options"})
+    assert run.error is None, run.error
+    assert run.of_type("projectAccessToken:ProjectAccessToken") == []
+    assert set(variables(run)) == {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"}
+    content = run.named("pipeline-file")["inputs"]["content"]
+    assert "GITLAB_PRIVATE_TOKEN" not in content and "merge_request.create" in content
