@@ -284,6 +284,21 @@ def test_job_script_passes_shellcheck(mode: str, job: str, tmp_path: Path) -> No
 # --------------------------------------------------------------------------- gitlab-ci-local
 
 
+def app_repo(tmp_path: Path, spec: PipelineSpec) -> tuple[Path, str]:
+    """An app repository on main whose only commit adds the rendered pipeline; and its image tag."""
+    app = tmp_path / "app"
+    app.mkdir()
+    git("init", "-q", "-b", "main", cwd=app)
+    (app / ".gitlab-ci.yml").write_text(render_pipeline(spec))
+    git("add", ".gitlab-ci.yml", cwd=app)
+    git(
+        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
+        "commit", "-q", "-m", "Add pipeline",
+        cwd=app,
+    )  # fmt: skip
+    return app, "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
+
+
 def _gitlab_ci_local(cwd: Path, home: Path, *args: str) -> str:
     tool = require_tool("gitlab-ci-local")
     env = {**os.environ, "HOME": str(home)}
@@ -1018,19 +1033,8 @@ def test_gitlab_ci_local_shell_run_of_manifest_jobs(
 ) -> None:
     """gitlab-ci-local runs both manifest jobs, handing the dotenv report between them."""
     require_tool("rsync")  # gitlab-ci-local copies the checkout with it
-    app = tmp_path / "app"
-    app.mkdir()
-    git("init", "-q", "-b", "main", cwd=app)
     bare = tmp_path / "chart.git"
-    spec = make_spec(manifest_ssh_url=ssh_server.url(bare))
-    (app / ".gitlab-ci.yml").write_text(render_pipeline(spec))
-    git("add", ".gitlab-ci.yml", cwd=app)
-    git(
-        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
-        "commit", "-q", "-m", "Add pipeline",
-        cwd=app,
-    )  # fmt: skip
-    tag = "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
+    app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare)))
     seeded_chart = starter_chart(tag)["Chart.yaml"] if already_released else None
     manifest = seed_manifest(tmp_path, seeded_chart)
     assert manifest.bare == bare
@@ -1071,19 +1075,8 @@ def test_gitlab_ci_local_shell_run_of_manifest_jobs(
 def test_gitlab_ci_local_shell_run_with_push_options(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi) -> None:
     """gitlab-ci-local runs the push-options pipeline's manifest job with no API token defined."""
     require_tool("rsync")
-    app = tmp_path / "app"
-    app.mkdir()
-    git("init", "-q", "-b", "main", cwd=app)
     bare = tmp_path / "chart.git"
-    spec = make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=PUSH_OPTIONS)
-    (app / ".gitlab-ci.yml").write_text(render_pipeline(spec))
-    git("add", ".gitlab-ci.yml", cwd=app)
-    git(
-        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
-        "commit", "-q", "-m", "Add pipeline",
-        cwd=app,
-    )  # fmt: skip
-    tag = "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
+    app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=PUSH_OPTIONS))
     manifest = seed_manifest(tmp_path)
     log = record_push_options(manifest)
     key = tmp_path / "SSH_PRIVATE_KEY"
