@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import posixpath
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,6 +20,7 @@ from components.gitlab_content import (
     DeliveryPipelineArgs,
     StarterChart,
     StarterChartArgs,
+    chart_repo_path,
 )
 from components.gitlab_projects import GitLabProjects
 from components.settings import KEYS, Settings, SettingsError, parse_settings
@@ -102,7 +102,7 @@ DeliveryPipeline(
         app=projects.app,
         manifest=projects.manifest,
         image_repository=settings.app.image_repository,
-        chart_file=posixpath.normpath(posixpath.join(settings.app.chart_path, "Chart.yaml")),
+        chart_file=chart_repo_path(settings.app.chart_path, "Chart.yaml"),
         merge_request_via=settings.gitlab.merge_request_via,
         ready=[access, *([protections.app] if protections.app else [])],
     ),

@@ -86,7 +86,7 @@ class AppDeployment(pulumi.ComponentResource):
             # rotated, Argo CD switches only once GitLab accepts the new key.
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, *args.repo_key_registered])),
         )
-        application = CustomResource(
+        CustomResource(
             "application",
             api_version="argoproj.io/v1alpha1",
             kind="Application",
@@ -107,6 +107,5 @@ class AppDeployment(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret, *args.repo_content])),
         )
         self.namespace = namespace.metadata.name
-        self.application = application
         self.repo_url = repo_url
         self.register_outputs({"namespace": self.namespace, "repoUrl": repo_url})

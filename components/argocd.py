@@ -71,7 +71,6 @@ class ArgoCd(pulumi.ComponentResource):
         self.server = workloads["argocd-server"]
         self.admin_password = self._read_admin_password(args.namespace) if args.read_admin_password else None
         self.port_forward_command = f"kubectl port-forward svc/argocd-server -n {args.namespace} 8080:443"
-        self.version = args.version
 
         outputs: dict[str, Any] = {"namespace": self.namespace, "version": args.version}
         if self.admin_password is not None:

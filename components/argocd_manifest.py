@@ -49,11 +49,6 @@ def overlay_hash(overlays: Overlays) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def object_key(obj: dict[str, Any]) -> str:
-    """A stable identity for an upstream object: ``Kind/name``."""
-    return f"{obj['kind']}/{obj['metadata']['name']}"
-
-
 def is_namespaced(obj: dict[str, Any]) -> bool:
     """Whether an object lives in a namespace."""
     return obj["kind"] not in CLUSTER_SCOPED_KINDS

@@ -25,6 +25,11 @@ ADOPTED_PIPELINE_PATH = ".gitlab/gitops-bootstrap.gitlab-ci.yml"
 COMMIT_AUTHOR = "gitops-bootstrap"
 
 
+def chart_repo_path(chart_path: str, path: str) -> str:
+    """Where a chart file (``path`` inside the chart) lives in the manifest project."""
+    return posixpath.normpath(posixpath.join(chart_path, path))
+
+
 def pipeline_path(app: ProjectInfo) -> str:
     """Where the pipeline file goes in the app project."""
     return ADOPTED_PIPELINE_PATH if app.adopted else PIPELINE_PATH
@@ -56,7 +61,7 @@ class StarterChart(pulumi.ComponentResource):
                         f"chart/{path}",
                         project=args.manifest.id,
                         branch=args.manifest.default_branch,
-                        file_path=posixpath.normpath(posixpath.join(args.chart_path, path)),
+                        file_path=chart_repo_path(args.chart_path, path),
                         content=text,
                         encoding="text",
                         author_name=COMMIT_AUTHOR,

@@ -31,6 +31,8 @@ from pulumi.runtime import mocks as pulumi_mocks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+# The key under which a serialized property value carries SECRET_SIG when it is a secret.
+SIG_KEY = "4dabf18193072939515e22adb298388d"
 GITLAB_HOST = "gitlab.example.test"
 
 
@@ -131,7 +133,7 @@ def _secret_paths(value: Any, path: str = "") -> list[str]:
     """Paths inside a serialized property value that carry the secret signature."""
     found: list[str] = []
     if isinstance(value, dict):
-        if value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
+        if value.get(SIG_KEY) == SECRET_SIG:
             return [path or "."]
         for k, v in value.items():
             found += _secret_paths(v, f"{path}.{k}" if path else k)
@@ -204,7 +206,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 def _unwrap(value: Any) -> Any:
     """A serialized property value with secret envelopes replaced by their plaintext."""
     if isinstance(value, dict):
-        if value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
+        if value.get(SIG_KEY) == SECRET_SIG:
             return _unwrap(value.get("value"))
         return {k: _unwrap(v) for k, v in value.items()}
     if isinstance(value, list):
