@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -70,7 +70,15 @@ class SecretStr:
 
 @dataclass(frozen=True)
 class Key:
-    """One declared config key: its type, default, secrecy and a good example."""
+    """One declared config key: its type, default, secrecy and a good example.
+
+    ``default`` is what ``Pulumi.yaml`` declares. ``""`` (and ``[]`` for an array) means
+    "unset": the key is optional and an empty value means the program's own choice. A key
+    with a non-empty default needs a value, so an explicit ``""`` is refused. A secret key
+    without a default is required; an optional secret key has ``default=""`` and is declared
+    as a plain string in ``Pulumi.yaml`` (the CLI would merge a secret's default in as
+    plain text and then refuse it), and the program checks that it was set with ``--secret``.
+    """
 
     name: str
     type: str  # "string" | "boolean" | "integer" | "array"
@@ -78,6 +86,16 @@ class Key:
     example: str
     default: Any = None
     secret: bool = False
+
+    @property
+    def optional(self) -> bool:
+        """Whether an empty value means unset."""
+        return self.default in ("", [])
+
+    @property
+    def declared_secret(self) -> bool:
+        """Whether ``Pulumi.yaml`` declares ``secret: true`` (required secrets only)."""
+        return self.secret and self.default is None
 
 
 KEYS: tuple[Key, ...] = (
@@ -87,20 +105,23 @@ KEYS: tuple[Key, ...] = (
     Key(
         "argocdManifest",
         "string",
-        "Mirror of the install manifest: a local file path or an https URL (air-gapped installs).",
+        "Mirror of the install manifest: a local file path or an https URL (air-gapped installs); empty uses the upstream URL.",
         "https://mirror.example.com/argo-cd/v3.5.1/install.yaml",
+        default="",
     ),
     Key(
         "argocdManifestSha256",
         "string",
         "sha256 of the install manifest; required for versions the program does not know.",
         "795a3a972224da6a7f9d32c3e946445f062b60fb46028476715affeb688236e3",
+        default="",
     ),
     Key(
         "argocdExternalUrl",
         "string",
-        "Public https URL of the Argo CD server; enables the GitLab webhook.",
+        "Public https URL of the Argo CD server; enables the GitLab webhook. Empty: no public URL.",
         "https://argocd.example.com",
+        default="",
     ),
     Key(
         "argocdReconciliationTimeout",
@@ -116,7 +137,7 @@ KEYS: tuple[Key, ...] = (
         "true",
         default=True,
     ),
-    Key("kubeContext", "string", "kubeconfig context to deploy to; empty uses the current one.", "kind-gitops"),
+    Key("kubeContext", "string", "kubeconfig context to deploy to; empty uses the current one.", "kind-gitops", default=""),
     Key("appNamespace", "string", "Namespace the application is deployed into.", "gitops-demo", default="gitops-demo"),
     Key("appName", "string", "Name of the Argo CD Application and of the chart.", "webapp", default="webapp"),
     Key("chartPath", "string", "Path of the chart inside the manifest project.", ".", default="."),
@@ -125,6 +146,7 @@ KEYS: tuple[Key, ...] = (
         "string",
         "Full path of the GitLab group for both projects; empty uses the token owner's namespace.",
         "acme/platform",
+        default="",
     ),
     Key("appProject", "string", "Path of the app project to create.", "gitops-demo-app", default="gitops-demo-app"),
     Key(
@@ -134,12 +156,19 @@ KEYS: tuple[Key, ...] = (
         "gitops-demo-chart",
         default="gitops-demo-chart",
     ),
-    Key("adoptAppProject", "string", "Full path of an existing app project to manage instead of creating one.", "acme/webapp"),
+    Key(
+        "adoptAppProject",
+        "string",
+        "Full path of an existing app project to manage instead of creating one; empty creates one.",
+        "acme/webapp",
+        default="",
+    ),
     Key(
         "adoptManifestProject",
         "string",
-        "Full path of an existing manifest project to manage instead of creating one.",
+        "Full path of an existing manifest project to manage instead of creating one; empty creates one.",
         "acme/webapp-chart",
+        default="",
     ),
     Key("projectVisibility", "string", "Visibility of created projects.", "private", default="private"),
     Key("defaultBranch", "string", "Default branch of created projects.", "main", default="main"),
@@ -153,25 +182,37 @@ KEYS: tuple[Key, ...] = (
     Key(
         "gitlabSshKnownHosts",
         "array",
-        "known_hosts lines of the GitLab SSH host, one key per line.",
+        "known_hosts lines of the GitLab SSH host, one key per line (required).",
         '["gitlab.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf"]',
+        default=[],
     ),
     Key(
         "mergeRequestVia",
         "string",
-        "How the pipeline opens merge requests: api (a project access token) or push-options"
-        " (no token; for GitLab tiers without project access tokens).",
-        "api",
-        default="api",
+        "How the pipeline opens merge requests: push-options (git push options, no token; every tier) or api"
+        " (a project access token; Premium on gitlab.com, any tier self-managed).",
+        "push-options",
+        default="push-options",
     ),
     Key("hideCiVariables", "boolean", "Also hide masked CI variables (GitLab 17.6 and later).", "false", default=False),
     Key("accessTokenExpiryDays", "integer", "Lifetime of the merge-request access token, in days.", "30", default=30),
     Key("accessTokenRotateBeforeDays", "integer", "Rotate the access token this many days before it expires.", "7", default=7),
     Key("credentialsEpoch", "integer", "Bump to rotate every generated credential.", "1", default=1),
-    Key("dockerhubUser", "string", "Docker Hub user that pushes the image.", "acme"),
+    Key("dockerhubUser", "string", "Docker Hub user that pushes the image (required).", "acme", default=""),
+    Key(
+        "dockerhubOrganization",
+        "string",
+        "Docker Hub organisation that owns imageRepository, when it is not dockerhubUser's own namespace.",
+        "acmecorp",
+        default="",
+    ),
     Key("dockerhubToken", "string", "Docker Hub access token with Read & Write scope.", "dckr_pat_…", secret=True),
     Key(
-        "imageRepository", "string", "Image repository; defaults to docker.io/<dockerhubUser>/<appName>.", "docker.io/acme/webapp"
+        "imageRepository",
+        "string",
+        "Image repository; empty uses docker.io/<dockerhubOrganization or dockerhubUser>/<appName>.",
+        "docker.io/acme/webapp",
+        default="",
     ),
 )
 
@@ -254,6 +295,14 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class KubeContexts:
+    """The context names a kubeconfig defines, and where it was read from."""
+
+    names: tuple[str, ...]
+    source: str
+
+
+@dataclass(frozen=True)
 class Problem:
     """One bad key: the rule it breaks and a good example."""
 
@@ -280,24 +329,41 @@ class SettingsError(ValueError):
 
 
 class _Reader:
-    """Typed access to raw config strings that collects problems instead of raising."""
+    """Typed access to raw config strings that collects problems instead of raising.
 
-    def __init__(self, raw: Mapping[str, str | None]) -> None:
+    A missing key (None) takes its declared default, as the CLI would merge it in. An empty
+    value means unset for optional keys (default ``""``) and is refused for every other key.
+    """
+
+    def __init__(self, raw: Mapping[str, str | None], secret_keys: Collection[str]) -> None:
         self.raw = raw
+        self.secret_keys = secret_keys
         self.problems: list[Problem] = []
 
     def bad(self, key: str, rule: str, example: str | None = None) -> None:
         self.problems.append(Problem(key, rule, example if example is not None else KEYS_BY_NAME[key].example))
 
     def _text(self, key: str) -> str | None:
+        """The stripped value; None where missing or, for an optional key, empty."""
+        spec = KEYS_BY_NAME[key]
         value = self.raw.get(key)
-        if value is None or value.strip() == "":
+        if value is None:
             return None
-        return value.strip()
+        value = value.strip()
+        if value == "" and spec.default is not None and not spec.optional:
+            default = spec.default if isinstance(spec.default, str) else json.dumps(spec.default)
+            self.bad(key, f"must not be empty; remove it (`pulumi config rm {key}`) to use the default {default}")
+            return None
+        if value and spec.secret and key not in self.secret_keys:
+            self.bad(key, f"is a secret and must be set with `pulumi config set --secret {key}`", "(encrypted in the stack file)")
+        return value or None
 
     def string(self, key: str) -> str | None:
         value = self._text(key)
-        return value if value is not None else KEYS_BY_NAME[key].default
+        if value is not None:
+            return value
+        default = KEYS_BY_NAME[key].default
+        return default or None
 
     def boolean(self, key: str) -> bool:
         value = self._text(key)
@@ -357,12 +423,20 @@ def docker_auth(user: str, token: str) -> str:
     return base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
-def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
+def parse_settings(
+    raw: Mapping[str, str | None],
+    stack: str,
+    *,
+    secret_keys: Collection[str],
+    kube_contexts: KubeContexts | None = None,
+) -> Settings:
     """Validate raw config strings (key → value or None) into :class:`Settings`.
 
-    Raises :class:`SettingsError` naming every bad key, the rule it breaks and an example.
+    ``secret_keys`` names the keys whose values were set as secrets; ``kube_contexts`` is
+    what the kubeconfig holds (None: not checked). Raises :class:`SettingsError` naming every
+    bad key, the rule it breaks and an example.
     """
-    r = _Reader(raw)
+    r = _Reader(raw, secret_keys)
 
     version = r.string("argocdVersion") or ""
     if not _VERSION.match(version):
@@ -466,17 +540,22 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         r.bad("dockerhubUser", "is required: the pipeline pushes the image as this user")
     elif not _DOCKERHUB_USER.match(user):
         r.bad("dockerhubUser", "must be a Docker Hub user name: 4-30 lowercase letters and digits")
-    token = raw.get("dockerhubToken")
-    if token is None or token.strip() == "":
+    organization = r.string("dockerhubOrganization")
+    if organization is not None and not _DOCKERHUB_USER.match(organization):
+        r.bad("dockerhubOrganization", "must be a Docker Hub organisation name: 4-30 lowercase letters and digits")
+        organization = None
+    token = r.string("dockerhubToken")
+    if token is None:
         r.bad(
             "dockerhubToken",
             "is a required secret and is missing or empty; set it with `pulumi config set --secret dockerhubToken`",
         )
-    elif any(c.isspace() for c in token.strip()) or ":" in token:
+    elif any(c.isspace() for c in token) or ":" in token:
         r.bad("dockerhubToken", "must be one line without spaces or ':' (a Docker Hub access token)")
-    if user and token and token.strip() and not is_maskable(docker_auth(user, token.strip())):
+    elif user and not is_maskable(docker_auth(user, token)):
         r.bad("dockerhubToken", "gives a DOCKERHUB_TOKEN that GitLab cannot mask (at least 8 characters of a-zA-Z0-9_+=/@:.~-)")
-    image = r.string("imageRepository") or f"docker.io/{user or 'user'}/{app_name}"
+    owner = organization or user or "user"
+    image = r.string("imageRepository") or f"docker.io/{owner}/{app_name}"
     r.check("imageRepository", image, lambda v: _IMAGE_REPO.match(v) is not None, "must be an image repository without a tag")
     r.check(
         "imageRepository",
@@ -484,8 +563,23 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
         lambda v: v.split("/", 1)[0] in DOCKER_HUB_HOSTS,
         "must be on Docker Hub (docker.io/<user>/<name>): the pipeline logs in to Docker Hub only",
     )
+    image_namespace = image.split("/")[1] if image.count("/") >= 2 else ""
+    if user and image_namespace and image_namespace not in {user, organization}:
+        r.bad(
+            "imageRepository",
+            f"must be in dockerhubUser's namespace ({user}) or in dockerhubOrganization's; {image_namespace!r} is"
+            " neither, so the pipeline would push as you into someone else's repository",
+            f"docker.io/{user}/{app_name}",
+        )
 
     kube_context = r.string("kubeContext")
+    if kube_context is not None and kube_contexts is not None and kube_context not in kube_contexts.names:
+        there = ", ".join(kube_contexts.names) or "none"
+        r.bad(
+            "kubeContext",
+            f"is not a context in the kubeconfig ({kube_contexts.source}); contexts there: {there}",
+            kube_contexts.names[0] if kube_contexts.names else "kind-gitops",
+        )
     read_password = r.boolean("argocdReadAdminPassword")
 
     if r.problems:
@@ -517,7 +611,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str) -> Settings:
             token_expiry_days=expiry,
             token_rotate_before_days=rotate_before,
         ),
-        registry=RegistrySettings(user=user or "", token=SecretStr((token or "").strip())),
+        registry=RegistrySettings(user=user or "", token=SecretStr(token or "")),
         credentials_epoch=epoch,
         kube_context=kube_context,
     )

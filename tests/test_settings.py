@@ -15,6 +15,9 @@ from components.settings import KEYS, MASKABLE, SecretStr, SettingsError, docker
 from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config, shared_manifest
 from tests.tools import REPO_ROOT, SHARED
 
+# The keys the CLI hands over as secrets, as `pulumi config set --secret` leaves them.
+SECRET = frozenset({"dockerhubToken"})
+
 
 def valid() -> dict[str, str | None]:
     return dict(base_config("dev"))
@@ -22,15 +25,17 @@ def valid() -> dict[str, str | None]:
 
 def problems(raw: dict[str, str | None]) -> SettingsError:
     with pytest.raises(SettingsError) as info:
-        parse_settings(raw, "dev")
+        parse_settings(raw, "dev", secret_keys=SECRET)
     return info.value
 
 
 def test_demo_stack_is_valid() -> None:
-    settings = parse_settings(valid(), "dev")
+    settings = parse_settings(valid(), "dev", secret_keys=SECRET)
     assert settings.argocd.version == "v3.5.1" and settings.argocd.namespace == "argocd"
     assert settings.argocd.manifest_sha256 == manifest_source.KNOWN_SHA256[("v3.5.1", False)]
+    # Derived from the user the README's set-up names, never pinned to someone else's.
     assert settings.app.image_repository == "docker.io/gitopsdemo/webapp"
+    assert settings.gitlab.merge_request_via == "push-options"
     assert settings.registry.token.reveal() == TEST_DOCKERHUB_TOKEN
 
 
@@ -49,8 +54,17 @@ def test_demo_stack_is_valid() -> None:
         ("gitlabSshKnownHosts", '["not a host key"]', "known_hosts"),
         ("accessTokenExpiryDays", "5", "less than"),
         ("appName", "9lives", "start with a letter"),
-        ("imageRepository", "docker.io/acme/_web", "image repository"),
-        ("imageRepository", "ghcr.io/acme/webapp", "Docker Hub"),
+        ("imageRepository", "docker.io/gitopsdemo/_web", "image repository"),
+        ("imageRepository", "ghcr.io/gitopsdemo/webapp", "Docker Hub"),
+        ("imageRepository", "docker.io/someoneelse/webapp", "neither"),
+        ("argocdNamespace", "", "must not be empty"),
+        ("appName", " ", "must not be empty"),
+        ("argocdHa", "", "must not be empty"),
+        ("credentialsEpoch", "", "must not be empty"),
+        ("dockerhubUser", "", "is required"),
+        ("dockerhubUser", None, "is required"),
+        ("gitlabSshKnownHosts", "[]", "is required"),
+        ("dockerhubOrganization", "Acme Corp", "organisation name"),
     ],
 )
 def test_each_rule_names_key_rule_and_example(key: str, value: str | None, rule: str) -> None:
@@ -71,7 +85,7 @@ def test_unknown_version_needs_a_digest() -> None:
     assert error.keys == ["argocdManifestSha256"]
     assert "v3.6.0" in str(error) and "v3.5.1" in str(error)
     raw["argocdManifestSha256"] = "a" * 64
-    assert parse_settings(raw, "dev").argocd.manifest_sha256 == "a" * 64
+    assert parse_settings(raw, "dev", secret_keys=SECRET).argocd.manifest_sha256 == "a" * 64
 
 
 def test_all_problems_are_reported_together() -> None:
@@ -102,8 +116,9 @@ def test_declared_keys_match_pulumi_yaml() -> None:
         spec = declared[key.name]
         assert spec["type"] == key.type and spec["description"]
         assert spec.get("default") == key.default
-        assert bool(spec.get("secret")) == key.secret
-        if key.secret:
+        # Only a required secret is declared `secret: true`; it can have no default.
+        assert bool(spec.get("secret")) == key.declared_secret
+        if spec.get("secret"):
             assert "default" not in spec
 
 
@@ -167,3 +182,72 @@ def test_adopting_one_project_for_both_roles_is_rejected() -> None:
     raw = valid()
     raw.update(adoptAppProject="acme/webapp", adoptManifestProject="acme/webapp")
     assert problems(raw).keys == ["adoptManifestProject"]
+
+
+def test_empty_means_unset_for_optional_keys_only() -> None:
+    optional = [k.name for k in KEYS if k.optional]
+    assert set(optional) >= {"argocdExternalUrl", "kubeContext", "gitlabGroup", "adoptAppProject", "imageRepository"}
+    raw = valid()
+    raw.update({name: "" for name in optional if name not in ("dockerhubUser", "gitlabSshKnownHosts")})
+    settings = parse_settings(raw, "dev", secret_keys=SECRET)
+    assert settings.argocd.external_url is None and settings.kube_context is None and settings.gitlab.group is None
+    assert not settings.gitlab.app_project.adopted
+    # Keys whose meaning needs a value: every one refuses "" and names itself.
+    for key in KEYS:
+        if key.optional or key.default is None:
+            continue
+        raw = valid()
+        raw[key.name] = ""
+        assert problems(raw).keys == [key.name], key.name
+
+
+def test_a_secret_set_in_plain_text_is_refused() -> None:
+    # `pulumi config set dockerhubToken …` without --secret: the value is not a secret to the
+    # program, so it is refused before anything could carry it in plain text.
+    error = problems_with(valid(), secret_keys=frozenset())
+    assert error.keys == ["dockerhubToken"] and "--secret" in str(error)
+    assert TEST_DOCKERHUB_TOKEN not in str(error)
+
+
+def problems_with(raw: dict[str, str | None], **kwargs: object) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
+        parse_settings(raw, "dev", **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_an_organisation_owns_the_image_only_when_named() -> None:
+    raw = valid()
+    raw.update(imageRepository="docker.io/acmecorp/webapp")
+    assert problems(raw).keys == ["imageRepository"]
+    raw.update(dockerhubOrganization="acmecorp")
+    assert parse_settings(raw, "dev", secret_keys=SECRET).app.image_repository == "docker.io/acmecorp/webapp"
+    raw.update(imageRepository="")
+    assert parse_settings(raw, "dev", secret_keys=SECRET).app.image_repository == "docker.io/acmecorp/webapp"
+
+
+def test_kube_context_must_exist_in_the_kubeconfig(tmp_path: Path) -> None:
+    from components.kubeconfig import read_contexts
+    from tests.conftest import write_kubeconfig
+
+    first = write_kubeconfig(tmp_path / "a", ("kind-gitops",))
+    second = write_kubeconfig(tmp_path / "b", ("k3d-gitops", "kind-gitops"))
+    found = read_contexts({"KUBECONFIG": f"{first}:{second}:{tmp_path / 'missing'}"}, tmp_path)
+    assert found.names == ("kind-gitops", "k3d-gitops")
+    assert read_contexts({}, tmp_path).source == str(tmp_path / ".kube" / "config")
+    assert read_contexts({}, tmp_path).names == ()
+
+    raw = valid()
+    assert parse_settings(raw, "dev", secret_keys=SECRET, kube_contexts=found).kube_context == "kind-gitops"
+    raw["kubeContext"] = "kind-other"
+    error = problems_with(raw, secret_keys=SECRET, kube_contexts=found)
+    assert error.keys == ["kubeContext"]
+    assert "kind-gitops, k3d-gitops" in str(error) and str(first) in str(error)
+    empty = problems_with(raw, secret_keys=SECRET, kube_contexts=read_contexts({}, tmp_path))
+    assert "contexts there: none" in str(empty)
+
+
+def test_bad_kube_context_registers_nothing(program: Callable[..., Run]) -> None:
+    run = program({"kubeContext": "kind-typo"})
+    assert run.error is not None and "kubeContext" in run.error["message"]
+    assert "kind-gitops, prod-cluster" in run.error["message"]
+    assert run.resources == []
