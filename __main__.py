@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
+from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
+
+# First of all: an older CLI ignores the `replacement_trigger` option that credential rotation
+# relies on (pulumi/pulumi 20850, 20936, 20940), so it must refuse to run this program rather than
+# rotate nothing. `requiredPulumiVersion` in Pulumi.yaml covers CLIs from 3.219; this call fails
+# on any CLI without the RequirePulumiVersion check.
+pulumi.require_pulumi_version(">=3.272.0")
 
 from components import manifest_source
 from components.app import AppDeployment, AppDeploymentArgs
@@ -22,19 +30,34 @@ from components.gitlab_content import (
     StarterChartArgs,
     chart_repo_path,
 )
-from components.gitlab_projects import GitLabProjects
+from components.gitlab_host import HostFacts, host_problems
+from components.gitlab_projects import GitLabProjects, read_host
+from components.kubeconfig import read_contexts
 from components.settings import KEYS, Settings, SettingsError, parse_settings
 
 
 def read_settings() -> Settings:
     """Read every declared config key once and validate them together."""
     config = pulumi.Config()
+    project = pulumi.get_project()
     raw = {key.name: config.get(key.name) for key in KEYS}
+    secret_keys = {key.name for key in KEYS if pulumi.runtime.is_config_secret(f"{project}:{key.name}")}
     try:
-        return parse_settings(raw, pulumi.get_stack())
+        return parse_settings(
+            raw, pulumi.get_stack(), secret_keys=secret_keys, kube_contexts=read_contexts(os.environ, Path.home())
+        )
     except SettingsError as exc:
         # Raised before any resource is registered, so a bad key changes nothing.
         raise pulumi.RunError(str(exc)) from None
+
+
+def read_gitlab(settings: Settings) -> HostFacts:
+    """The GitLab instance's edition and existing projects; stops on an archived project in the way."""
+    host = read_host(settings.gitlab)
+    problems = host_problems(host)
+    if problems:
+        raise pulumi.RunError(str(SettingsError(problems)))
+    return host
 
 
 settings = read_settings()
@@ -46,19 +69,26 @@ except manifest_source.ManifestError as exc:
 # The parsed manifest (about 200,000 objects) lives for the whole run; freezing it keeps the
 # garbage collector from rescanning it on every collection while resources are registered.
 gc.freeze()
+gitlab_host = read_gitlab(settings)
 webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
 
 # One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
 # than the 256 KiB last-applied annotation that client-side apply writes).
+# Secrets and ConfigMaps are updated in place, not replaced: a replaced object with a fixed
+# name is deleted first (pulumi-kubernetes provider.go, Diff), which would wipe the keys Argo
+# CD writes into argocd-secret itself and leave Argo CD without its repository credential
+# in between. Turning these on for an existing stack updates only the provider.
 kubernetes = k8s.Provider(
     "k8s",
     enable_server_side_apply=True,
+    enable_secret_mutable=True,
+    enable_config_map_mutable=True,
     context=settings.kube_context,
 )
 k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
 
 credentials = Credentials("credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None))
-projects = GitLabProjects("gitlab", settings.gitlab)
+projects = GitLabProjects("gitlab", settings.gitlab, gitlab_host)
 chart = StarterChart(
     "starter-chart",
     StarterChartArgs(
@@ -73,6 +103,7 @@ protections = BranchProtections(
     projects.manifest,
     manifest_after=chart.files,
     retain=settings.gitlab.projects_on_destroy == "retain",
+    enterprise=gitlab_host.enterprise,
 )
 access = GitLabAccess(
     "access",
@@ -123,6 +154,7 @@ argocd = ArgoCd(
             ),
         ),
         read_admin_password=argocd_settings.read_admin_password,
+        kube_context=settings.kube_context,
         webhook_secret=credentials.webhook_secret,
     ),
     opts=k8s_opts,

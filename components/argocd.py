@@ -16,6 +16,12 @@ ADMIN_SECRET = "argocd-initial-admin-secret"
 WEBHOOK_SECRET_KEY = "webhook.gitlab.secret"
 
 
+def port_forward_command(namespace: str, context: str | None) -> str:
+    """The kubectl command that reaches argocd-server, on the stack's own cluster."""
+    pinned = f"--context {context} " if context else ""
+    return f"kubectl {pinned}port-forward svc/argocd-server -n {namespace} 8080:443"
+
+
 @dataclass(frozen=True)
 class ArgoCdArgs:
     """What to install: prepared upstream objects for one version into one namespace."""
@@ -25,6 +31,8 @@ class ArgoCdArgs:
     objects: list[dict[str, Any]]
     read_admin_password: bool = True
     webhook_secret: pulumi.Input[str] | None = None
+    # The kubeconfig context the stack pins, repeated in the port-forward command.
+    kube_context: str | None = None
 
 
 class ArgoCd(pulumi.ComponentResource):
@@ -70,7 +78,7 @@ class ArgoCd(pulumi.ComponentResource):
 
         self.server = workloads["argocd-server"]
         self.admin_password = self._read_admin_password(args.namespace) if args.read_admin_password else None
-        self.port_forward_command = f"kubectl port-forward svc/argocd-server -n {args.namespace} 8080:443"
+        self.port_forward_command = port_forward_command(args.namespace, args.kube_context)
 
         outputs: dict[str, Any] = {"namespace": self.namespace, "version": args.version}
         if self.admin_password is not None:

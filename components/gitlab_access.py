@@ -82,7 +82,10 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
             )
 
-        hidden = True if args.hide_variables else None
+        # Always a bool: `hidden` is Optional+Computed and RequiresReplace without
+        # UseStateForUnknown, so an unset value plans as unknown on any other change and
+        # replaces the variable (resource_gitlab_project_variable.go).
+        hidden = args.hide_variables
         app_id = args.app.id
         # GitLab allows one variable per key and scope, so a replaced variable (toggling
         # `hidden` forces one) must be deleted before its successor is created. A new value
@@ -113,6 +116,8 @@ class GitLabAccess(pulumi.ComponentResource):
                 # GitLab refuses to mask multi-line values; protected keeps it to the default branch.
                 masked=False,
                 protected=True,
+                # Hidden needs masked, which a multi-line value cannot be.
+                hidden=False,
                 raw=True,
                 description="Private half of the manifest project's push deploy key.",
                 # Switch CI to a rotated key only once GitLab accepts it as a deploy key.
@@ -126,6 +131,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 variable_type="file",
                 masked=False,
                 protected=False,
+                hidden=False,
                 raw=True,
                 description="GitLab's SSH host keys; CI never trusts a key on first use.",
                 opts=variable,

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_gitlab as gitlab
 
 from components.chart import ChartSpec, render_chart
+from components.gitlab_host import protection_args
 from components.gitlab_projects import ProjectInfo
 from components.pipeline import PipelineSpec, render_pipeline
 
@@ -23,6 +24,10 @@ PIPELINE_PATH = ".gitlab-ci.yml"
 # its jobs beside it, for the team to `include:`.
 ADOPTED_PIPELINE_PATH = ".gitlab/gitops-bootstrap.gitlab-ci.yml"
 COMMIT_AUTHOR = "gitops-bootstrap"
+# The provider serialises every file commit behind one provider-wide lock, and its default
+# create timeout (1 minute) includes the wait for it (resource_gitlab_repository_file.go);
+# the starter chart and app commit a dozen files at once.
+FILE_TIMEOUTS = pulumi.CustomTimeouts(create="10m", update="10m", delete="10m")
 
 
 def chart_repo_path(chart_path: str, path: str) -> str:
@@ -73,7 +78,10 @@ class StarterChart(pulumi.ComponentResource):
                             # later `pulumi up` must not revert that. Nor may it move or re-commit
                             # the chart when chartPath or defaultBranch change: the branch is
                             # locked by then, and the chart belongs to the team.
-                            ignore_changes=["content", "branch", "file_path"],
+                            # A changed commit message or author would be an update, i.e. a new
+                            # commit, which the locked branch refuses.
+                            ignore_changes=["content", "branch", "file_path", "commit_message", "author_name"],
+                            custom_timeouts=FILE_TIMEOUTS,
                             # The chart is the team's code now; destroy commits no deletion.
                             retain_on_delete=True,
                         ),
@@ -94,6 +102,7 @@ class BranchProtections(pulumi.ComponentResource):
         app: ProjectInfo,
         manifest: ProjectInfo,
         manifest_after: Sequence[pulumi.Resource],
+        enterprise: bool,
         retain: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -108,9 +117,8 @@ class BranchProtections(pulumi.ComponentResource):
                 "manifest-default-branch",
                 project=manifest.id,
                 branch=manifest.default_branch,
-                push_access_level="no one",
-                merge_access_level="developer",
                 allow_force_push=False,
+                **protection_args(enterprise, push="no one", merge="developer"),
                 # After the seeded chart: once nobody may push, not even the program can commit.
                 opts=keep.merge(pulumi.ResourceOptions(depends_on=list(manifest_after))),
             )
@@ -121,9 +129,8 @@ class BranchProtections(pulumi.ComponentResource):
                 "app-default-branch",
                 project=app.id,
                 branch=app.default_branch,
-                push_access_level="developer",
-                merge_access_level="developer",
                 allow_force_push=False,
+                **protection_args(enterprise, push="developer", merge="developer"),
                 opts=keep,
             )
         self.register_outputs({})
@@ -177,6 +184,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 depends_on=list(args.ready),
                 # Destroy must not commit deletions into a team's repository.
                 retain_on_delete=True,
+                custom_timeouts=FILE_TIMEOUTS,
             ),
         )
         self.register_outputs({"path": self.path})

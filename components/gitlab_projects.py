@@ -3,11 +3,63 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_gitlab as gitlab
 
+from components.gitlab_host import HostFacts, ProjectRecord, created_paths
 from components.settings import GitLabSettings, ProjectSettings
+
+ADOPT_KEYS = {"app": "adoptAppProject", "manifest": "adoptManifestProject"}
+
+
+def _record(found: Any) -> ProjectRecord:
+    return ProjectRecord(
+        id=str(found.id),
+        path_with_namespace=found.path_with_namespace,
+        ssh_url=found.ssh_url_to_repo,
+        web_url=found.web_url,
+        default_branch=found.default_branch or "",
+        archived=bool(found.archived),
+    )
+
+
+def read_host(args: GitLabSettings) -> HostFacts:
+    """Ask GitLab, before anything is registered, for its edition and the projects this stack names.
+
+    Plain invokes: they run in `pulumi preview` too, so a path blocked by an archived
+    project, or an archived adopted project, stops the plan with the steps to fix it.
+    """
+    # `enterprise` decides BranchProtection's arguments (see gitlab_host.protection_args).
+    enterprise = bool(gitlab.get_metadata().enterprise)
+    adopted = {
+        ADOPT_KEYS[which]: _record(gitlab.get_project(path_with_namespace=project.adopt))
+        for which, project in (("app", args.app_project), ("manifest", args.manifest_project))
+        if project.adopt is not None
+    }
+    namespace, namespace_id = "", None
+    archived = {}
+    if not (args.app_project.adopted and args.manifest_project.adopted):
+        if args.group:
+            group = gitlab.get_group(full_path=args.group)
+            namespace, namespace_id = group.full_path, int(group.group_id)
+        else:
+            namespace = gitlab.get_current_user().username
+        for key, full_path in created_paths(args, namespace).items():
+            # Only archived projects are asked for: this stack's own live projects never are,
+            # and any other project at the path is reported by GitLab itself on create.
+            listed = gitlab.get_projects(
+                search=full_path.rsplit("/", 1)[-1],
+                archived=True,
+                **({"group_id": namespace_id, "include_subgroups": False} if namespace_id is not None else {"owned": True}),
+            ).projects
+            for found in listed:
+                if found.path_with_namespace.lower() == full_path.lower():
+                    archived[key] = _record(found)
+    return HostFacts(
+        enterprise=enterprise, namespace=namespace, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived
+    )
 
 
 @dataclass(frozen=True)
@@ -31,21 +83,23 @@ class GitLabProjects(pulumi.ComponentResource):
     app: ProjectInfo
     manifest: ProjectInfo
 
-    def __init__(self, name: str, args: GitLabSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, args: GitLabSettings, host: HostFacts, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:gitlab:Projects", name, None, opts)
-        namespace_id: pulumi.Output[int] | None = None
-        if args.group and not (args.app_project.adopted and args.manifest_project.adopted):
-            group = gitlab.get_group_output(full_path=args.group, opts=pulumi.InvokeOptions(parent=self))
-            namespace_id = group.group_id
         self.app = self._project(
-            "app-project", "Application source; its pipeline builds the image.", args.app_project, args, namespace_id
+            "app-project",
+            "Application source; its pipeline builds the image.",
+            args.app_project,
+            args,
+            host.adopted.get(ADOPT_KEYS["app"]),
+            host.namespace_id,
         )
         self.manifest = self._project(
             "manifest-project",
             "Helm chart that Argo CD deploys; changed only through merge requests.",
             args.manifest_project,
             args,
-            namespace_id,
+            host.adopted.get(ADOPT_KEYS["manifest"]),
+            host.namespace_id,
         )
         self.register_outputs(
             {
@@ -62,17 +116,17 @@ class GitLabProjects(pulumi.ComponentResource):
         description: str,
         project: ProjectSettings,
         args: GitLabSettings,
-        namespace_id: pulumi.Output[int] | None,
+        adopted: ProjectRecord | None,
+        namespace_id: int | None,
     ) -> ProjectInfo:
-        if project.adopt is not None:
-            # Looked up, never registered: destroy cannot touch a project it does not own.
-            found = gitlab.get_project_output(path_with_namespace=project.adopt, opts=pulumi.InvokeOptions(parent=self))
+        if adopted is not None:
+            # Looked up by read_host, never registered: destroy cannot touch a project it does not own.
             return ProjectInfo(
-                id=found.id,
-                ssh_url=found.ssh_url_to_repo,
-                web_url=found.web_url,
-                path_with_namespace=found.path_with_namespace,
-                default_branch=found.default_branch,
+                id=pulumi.Output.from_input(adopted.id),
+                ssh_url=pulumi.Output.from_input(adopted.ssh_url),
+                web_url=pulumi.Output.from_input(adopted.web_url),
+                path_with_namespace=pulumi.Output.from_input(adopted.path_with_namespace),
+                default_branch=pulumi.Output.from_input(adopted.default_branch),
                 adopted=True,
                 resource=None,
             )
