@@ -103,7 +103,10 @@ class Summary:
 def dev_job() -> dict[str, Any]:
     """The dev stack's job, as ``tests.conftest.run_program`` builds it with no overrides."""
     sys.path.insert(0, str(REPO_ROOT))
-    from tests.conftest import base_config
+    from tests.conftest import TEST_KUBECONFIG, base_config
+
+    # The kubeconfig whose contexts the stack's kubeContext is checked against, as in the tests.
+    os.environ["KUBECONFIG"] = str(TEST_KUBECONFIG)
 
     return {
         "config": base_config("dev"),

@@ -20,6 +20,10 @@ from tests.tools import REPO_ROOT, SHARED
 PROJECT = "gitops-bootstrap"
 # Test secrets shaped like the real ones.
 TEST_DOCKERHUB_TOKEN = "dckr_pat_Zq3xT9vLmN2pR8sKw4YbJ7hGfD1"
+# What the README's set-up commands add to a stack: the user's Docker Hub name and token.
+TEST_DOCKERHUB_USER = "gitopsdemo"
+# The contexts in the kubeconfig the test runs see: the ones the committed stacks pin.
+TEST_KUBE_CONTEXTS = ("kind-gitops", "prod-cluster")
 ARGO_CD = SHARED / "upstream" / "argo-cd"
 
 
@@ -80,8 +84,9 @@ class Run:
 
 
 def base_config(stack: str = "dev") -> dict[str, str]:
-    """The stack's committed config plus test secrets and the shared manifest mirror."""
+    """The stack's committed config plus what the README's set-up adds, and the shared manifest mirror."""
     config = stack_config(stack)
+    config.setdefault("dockerhubUser", TEST_DOCKERHUB_USER)
     config["dockerhubToken"] = TEST_DOCKERHUB_TOKEN
     version = config.get("argocdVersion", "v3.5.1")
     mirror = shared_manifest(version, config.get("argocdHa") == "true")
@@ -90,15 +95,37 @@ def base_config(stack: str = "dev") -> dict[str, str]:
     return config
 
 
+def write_kubeconfig(path: Path, contexts: tuple[str, ...] = TEST_KUBE_CONTEXTS) -> Path:
+    """A kubeconfig with one cluster and user per context, as kind or k3d write them."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": c, "cluster": {"server": f"https://127.0.0.1:{6443 + i}"}} for i, c in enumerate(contexts)],
+        "users": [{"name": c, "user": {"token": "test"}} for c in contexts],
+        "contexts": [{"name": c, "context": {"cluster": c, "user": c}} for c in contexts],
+        "current-context": contexts[0] if contexts else "",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+# One path for every run: the provider records $KUBECONFIG among its inputs, and two runs of one
+# stack must see the same one, as on a user's machine.
+TEST_KUBECONFIG = write_kubeconfig(Path(tempfile.gettempdir()) / "gitops-bootstrap-tests-kubeconfig")
+
+
 def run_program(
     overrides: dict[str, str | None] | None = None,
     stack: str = "dev",
     preview: bool = False,
+    gitlab: dict[str, Any] | None = None,
+    secret_keys: tuple[str, ...] = ("dockerhubToken",),
 ) -> Run:
     """Run ``__main__.py`` under mocks in a fresh process with the stack's config and overrides.
 
     An override of None removes the key. Where ``argocdVersion`` or ``argocdHa`` is
-    overridden, the mirror follows unless ``argocdManifest`` is overridden too.
+    overridden, the mirror follows unless ``argocdManifest`` is overridden too. ``gitlab``
+    describes the GitLab instance the invokes see (``tests.mockrun.GitLabWorld``).
     """
     overrides = dict(overrides or {})
     config = base_config(stack)
@@ -112,11 +139,12 @@ def run_program(
             config.pop(key, None)
         else:
             config[key] = value
-    job = {"config": config, "secret_keys": ["dockerhubToken"], "stack": stack, "preview": preview}
+    job = {"config": config, "secret_keys": list(secret_keys), "stack": stack, "preview": preview, "gitlab": gitlab}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         env = dict(os.environ)
         env.setdefault("GITOPS_BOOTSTRAP_CACHE", str(Path(tmp) / "cache"))
+        env["KUBECONFIG"] = str(TEST_KUBECONFIG)
         proc = subprocess.run(
             [sys.executable, "-m", "tests.mockrun", str(out)],
             input=json.dumps(job),
@@ -139,10 +167,15 @@ _CACHE: dict[str, Run] = {}
 def program() -> Iterator[Callable[..., Run]]:
     """Run the program with overrides; identical runs are shared across tests."""
 
-    def runner(overrides: dict[str, str | None] | None = None, stack: str = "dev", preview: bool = False) -> Run:
-        key = json.dumps([overrides, stack, preview], sort_keys=True)
+    def runner(
+        overrides: dict[str, str | None] | None = None,
+        stack: str = "dev",
+        preview: bool = False,
+        gitlab: dict[str, Any] | None = None,
+    ) -> Run:
+        key = json.dumps([overrides, stack, preview, gitlab], sort_keys=True)
         if key not in _CACHE:
-            _CACHE[key] = run_program(overrides, stack, preview)
+            _CACHE[key] = run_program(overrides, stack, preview, gitlab)
         return _CACHE[key]
 
     yield runner
@@ -152,5 +185,13 @@ def program() -> Iterator[Callable[..., Run]]:
 def dev(program: Callable[..., Run]) -> Run:
     """The demo stack, run once."""
     run = program()
+    assert run.error is None, run.error and run.error["traceback"]
+    return run
+
+
+@pytest.fixture(scope="session")
+def api(program: Callable[..., Run]) -> Run:
+    """The demo stack with merge requests opened through a project access token."""
+    run = program({"mergeRequestVia": "api"})
     assert run.error is None, run.error and run.error["traceback"]
     return run

@@ -22,6 +22,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pulumi
 import pulumi.config
@@ -66,11 +67,64 @@ def _stable_id(*parts: Any) -> int:
     return _seed(*parts).randint(1000, 99_999_999)
 
 
+class GitLabWorld:
+    """The GitLab instance the invokes ask: its edition, its user and the projects that exist.
+
+    The edition follows the configured API URL as a real instance would answer it (gitlab.com
+    runs Enterprise Edition) unless the job names one; ``projects`` lists projects that exist
+    before the run, each with ``path_with_namespace`` and optionally ``archived``.
+    """
+
+    USER = "acme-user"
+
+    def __init__(self, job: dict[str, Any], base_url: str | None) -> None:
+        world = job.get("gitlab") or {}
+        host = urlparse(base_url or "https://gitlab.com/api/v4/").hostname or ""
+        self.enterprise = bool(world.get("enterprise", host == "gitlab.com"))
+        self.projects: list[dict[str, Any]] = [dict(p) for p in world.get("projects", [])]
+
+    def project(self, path: str) -> dict[str, Any]:
+        """An existing project by full path: listed ones keep their flags, others exist as plain projects."""
+        listed = next((p for p in self.projects if p["path_with_namespace"].lower() == path.lower()), {})
+        urls = _project_urls(path, _stable_id("project", path))
+        return {
+            "id": urls["id"],
+            "pathWithNamespace": path,
+            "path": path.rsplit("/", 1)[-1],
+            "name": path.rsplit("/", 1)[-1],
+            "sshUrlToRepo": urls["ssh_url_to_repo"],
+            "httpUrlToRepo": urls["http_url_to_repo"],
+            "webUrl": urls["web_url"],
+            "defaultBranch": listed.get("default_branch", "main"),
+            "archived": bool(listed.get("archived", False)),
+        }
+
+    def list_projects(self, args: dict[str, Any], groups: dict[Any, str]) -> list[dict[str, Any]]:
+        """GET /projects (or /groups/:id/projects) with the filters the data source passes."""
+        namespace = groups.get(args["groupId"]) if "groupId" in args else None
+        found = []
+        for listed in self.projects:
+            project = self.project(listed["path_with_namespace"])
+            owner = project["pathWithNamespace"].rsplit("/", 1)[0]
+            if namespace is not None and owner != namespace:
+                continue
+            if args.get("owned") and owner != self.USER:
+                continue
+            if "archived" in args and project["archived"] != bool(args["archived"]):
+                continue
+            search = str(args.get("search", "")).lower()
+            if search and search not in project["path"].lower() and search not in project["name"].lower():
+                continue
+            found.append(project)
+        return found
+
+
 class Mocks(pulumi_mocks.Mocks):
     """Provider behaviour computed from inputs."""
 
-    def __init__(self, report: dict[str, Any]) -> None:
+    def __init__(self, report: dict[str, Any], world: GitLabWorld) -> None:
         self.report = report
+        self.world = world
         self.triggers: dict[str, Any] = {}
         self.groups: dict[Any, str] = {}
 
@@ -96,7 +150,7 @@ class Mocks(pulumi_mocks.Mocks):
             state["expires_at"] = "2026-12-26"
         elif typ == "gitlab:index/project:Project":
             # A project lands in the looked-up group, or in the token owner's namespace.
-            namespace = self.groups.get(state.get("namespaceId"), "acme-user")
+            namespace = self.groups.get(state.get("namespaceId"), GitLabWorld.USER)
             full_path = f"{namespace}/{state['path']}"
             state.update(_project_urls(full_path, _stable_id("project", full_path)))
         elif typ.startswith("kubernetes:") and "metadata" in state:
@@ -112,16 +166,14 @@ class Mocks(pulumi_mocks.Mocks):
             self.groups[ident] = full_path
             return {"id": str(ident), "groupId": ident, "fullPath": full_path, "webUrl": f"https://{GITLAB_HOST}/{full_path}"}, []
         if args.token == "gitlab:index/getProject:getProject":
-            path = args.args["pathWithNamespace"]
-            urls = _project_urls(path, _stable_id("project", path))
-            return {
-                "id": urls["id"],
-                "pathWithNamespace": path,
-                "sshUrlToRepo": urls["ssh_url_to_repo"],
-                "httpUrlToRepo": urls["http_url_to_repo"],
-                "webUrl": urls["web_url"],
-                "defaultBranch": "main",
-            }, []
+            return self.world.project(args.args["pathWithNamespace"]), []
+        if args.token == "gitlab:index/getProjects:getProjects":
+            return {"id": "projects", "projects": self.world.list_projects(args.args, self.groups)}, []
+        if args.token == "gitlab:index/getMetadata:getMetadata":
+            return {"id": "gitlab", "enterprise": self.world.enterprise, "version": "18.6.0", "revision": "abc"}, []
+        if args.token == "gitlab:index/getCurrentUser:getCurrentUser":
+            user = GitLabWorld.USER
+            return {"id": "1", "username": user, "name": user, "namespaceId": "1", "globalNamespaceId": "1"}, []
         raise NotImplementedError(f"no mock for invoke {args.token}")
 
 
@@ -180,6 +232,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "replace_on_changes": list(request.replaceOnChanges),
                 "additional_secret_outputs": list(request.additionalSecretOutputs),
                 "replacement_trigger": trigger,
+                "custom_timeouts": {
+                    "create": request.customTimeouts.create,
+                    "update": request.customTimeouts.update,
+                    "delete": request.customTimeouts.delete,
+                },
                 "inputs": _plain(_unwrap(raw)),
                 "secret_paths": _secret_paths(raw),
                 "outputs": _plain(self.resources[response.urn].state),
@@ -216,7 +273,15 @@ def _unwrap(value: Any) -> Any:
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Run the program once with ``job``'s config; return what it registered."""
-    report: dict[str, Any] = {"resources": [], "reads": [], "invokes": [], "outputs": {}, "config_reads": [], "error": None}
+    report: dict[str, Any] = {
+        "resources": [],
+        "reads": [],
+        "invokes": [],
+        "outputs": {},
+        "config_reads": [],
+        "required_pulumi_version": [],
+        "error": None,
+    }
     project = "gitops-bootstrap"
     config = {(k if ":" in k else f"{project}:{k}"): v for k, v in job["config"].items()}
     secret_keys = [k if ":" in k else f"{project}:{k}" for k in job.get("secret_keys", [])]
@@ -230,7 +295,14 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     pulumi.config.get_config = spy  # type: ignore[assignment]
 
-    mocks = Mocks(report)
+    # The mock engine has no RequirePulumiVersion RPC; record what the program asks for instead.
+    def require_pulumi_version(rg: str) -> None:
+        report["required_pulumi_version"].append(
+            {"range": rg, "config_reads_before": len(report["config_reads"]), "resources_before": len(report["resources"])}
+        )
+
+    pulumi.require_pulumi_version = require_pulumi_version
+    mocks = Mocks(report, GitLabWorld(job, config.get("gitlab:baseUrl")))
     monitor = RecordingMonitor(mocks, report, record=job.get("record", True))
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=job.get("stack", "dev"), preview=job.get("preview", False), monitor=monitor

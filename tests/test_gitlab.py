@@ -87,9 +87,9 @@ def test_deploy_keys(dev: Run) -> None:
     assert keys["ci-deploy-key"]["key"] == ci_public
 
 
-def test_ci_variables_have_exactly_the_right_flags(dev: Run) -> None:
-    found = variables(dev)
-    app_id = dev.named("app-project")["id"]
+def test_ci_variables_have_exactly_the_right_flags(api: Run) -> None:
+    found = variables(api)
+    app_id = api.named("app-project")["id"]
     flags = {
         key: {
             "masked": r["inputs"].get("masked"),
@@ -101,10 +101,10 @@ def test_ci_variables_have_exactly_the_right_flags(dev: Run) -> None:
         for key, r in found.items()
     }
     assert flags == {
-        "DOCKERHUB_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": None},
-        "GITLAB_PRIVATE_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": None},
-        "SSH_PRIVATE_KEY": {"masked": False, "protected": True, "type": "file", "raw": True, "hidden": None},
-        "SSH_KNOWN_HOSTS": {"masked": False, "protected": False, "type": "file", "raw": True, "hidden": None},
+        "DOCKERHUB_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": False},
+        "GITLAB_PRIVATE_TOKEN": {"masked": True, "protected": True, "type": "env_var", "raw": False, "hidden": False},
+        "SSH_PRIVATE_KEY": {"masked": False, "protected": True, "type": "file", "raw": True, "hidden": False},
+        "SSH_KNOWN_HOSTS": {"masked": False, "protected": False, "type": "file", "raw": True, "hidden": False},
     }
     assert {r["inputs"]["project"] for r in found.values()} == {app_id}
     auth = base64.b64decode(found["DOCKERHUB_TOKEN"]["inputs"]["value"]).decode()
@@ -115,15 +115,15 @@ def test_ci_variables_have_exactly_the_right_flags(dev: Run) -> None:
 
 
 def test_hidden_setting(program: Callable[..., Run]) -> None:
-    found = variables(program({"hideCiVariables": "true"}))
+    found = variables(program({"hideCiVariables": "true", "mergeRequestVia": "api"}))
     assert {k for k, r in found.items() if r["inputs"].get("hidden")} == {"DOCKERHUB_TOKEN", "GITLAB_PRIVATE_TOKEN"}
     for r in found.values():
         if r["inputs"].get("hidden"):
             assert r["inputs"]["masked"] is True
 
 
-def test_every_masked_value_meets_gitlabs_rule(dev: Run) -> None:
-    masked = [r for r in variables(dev).values() if r["inputs"]["masked"]]
+def test_every_masked_value_meets_gitlabs_rule(api: Run) -> None:
+    masked = [r for r in variables(api).values() if r["inputs"]["masked"]]
     assert len(masked) == 2
     for r in masked:
         assert MASKABLE.match(r["inputs"]["value"]), r["inputs"]["key"]
@@ -136,16 +136,16 @@ def test_unmaskable_token_is_rejected_before_registration(program: Callable[...,
     assert run.resources == []
 
 
-def test_secrets_are_secret_inputs_and_outputs(dev: Run) -> None:
+def test_secrets_are_secret_inputs_and_outputs(api: Run) -> None:
     for key in ("DOCKERHUB_TOKEN", "GITLAB_PRIVATE_TOKEN", "SSH_PRIVATE_KEY"):
-        assert variables(dev)[key]["secret_paths"] == ["value"], key
-    assert variables(dev)["SSH_KNOWN_HOSTS"]["secret_paths"] == []
-    token = dev.named("mr-token")
+        assert variables(api)[key]["secret_paths"] == ["value"], key
+    assert variables(api)["SSH_KNOWN_HOSTS"]["secret_paths"] == []
+    token = api.named("mr-token")
     assert "token" in token["additional_secret_outputs"]
-    for private_key in dev.of_type("tls:index/privateKey:PrivateKey"):
+    for private_key in api.of_type("tls:index/privateKey:PrivateKey"):
         assert {"privateKeyOpenssh", "privateKeyPem"} <= set(private_key["additional_secret_outputs"])
-    assert {"data", "stringData"} <= set(dev.named("manifest-repo")["additional_secret_outputs"])
-    for name, out in dev.outputs.items():
+    assert {"data", "stringData"} <= set(api.named("manifest-repo")["additional_secret_outputs"])
+    for name, out in api.outputs.items():
         text = str(out["value"])
         if "PRIVATE KEY" in text or "glpat-" in text or TEST_DOCKERHUB_TOKEN in text:
             raise AssertionError(f"stack output {name} carries a secret")
@@ -153,9 +153,9 @@ def test_secrets_are_secret_inputs_and_outputs(dev: Run) -> None:
             assert out["secret"] is True
 
 
-def test_access_token_is_least_privilege_and_rotates(dev: Run) -> None:
-    token = dev.named("mr-token")["inputs"]
-    assert token["project"] == dev.named("manifest-project")["id"]
+def test_access_token_is_least_privilege_and_rotates(api: Run) -> None:
+    token = api.named("mr-token")["inputs"]
+    assert token["project"] == api.named("manifest-project")["id"]
     assert token["scopes"] == ["api"]
     assert token["accessLevel"] == "developer"
     assert token["rotationConfiguration"] == {"expirationDays": 30, "rotateBeforeDays": 7}
@@ -166,7 +166,9 @@ def test_branch_protection(dev: Run) -> None:
     rules = {r["name"]: r for r in dev.of_type("branchProtection:BranchProtection")}
     manifest, app = rules["manifest-default-branch"], rules["app-default-branch"]
     assert manifest["inputs"]["project"] == dev.named("manifest-project")["id"]
-    assert manifest["inputs"]["pushAccessLevel"] == "no one" and manifest["inputs"]["mergeAccessLevel"] == "developer"
+    # gitlab.com is Enterprise Edition: access levels go in allowed_to_* (see test_engine_rules).
+    assert manifest["inputs"]["allowedToPushes"] == [{"accessLevel": "no one"}]
+    assert manifest["inputs"]["allowedToMerges"] == [{"accessLevel": "developer"}]
     assert manifest["inputs"]["allowForcePush"] is False
     assert app["inputs"]["project"] == dev.named("app-project")["id"] and app["inputs"]["branch"] == "main"
     # Protection comes after the seeded chart, or the seed commits would be refused.
@@ -174,31 +176,33 @@ def test_branch_protection(dev: Run) -> None:
     assert len(seeded) >= 5 and seeded <= set(manifest["dependencies"])
 
 
-def test_committed_files_hold_no_secret_and_are_seeded_once(dev: Run) -> None:
-    secrets = [TEST_DOCKERHUB_TOKEN, variables(dev)["GITLAB_PRIVATE_TOKEN"]["inputs"]["value"], "PRIVATE KEY"]
-    files = dev.of_type("repositoryFile:RepositoryFile")
+def test_committed_files_hold_no_secret_and_are_seeded_once(api: Run) -> None:
+    secrets = [TEST_DOCKERHUB_TOKEN, variables(api)["GITLAB_PRIVATE_TOKEN"]["inputs"]["value"], "PRIVATE KEY"]
+    files = api.of_type("repositoryFile:RepositoryFile")
     assert {r["inputs"]["filePath"] for r in files} >= {".gitlab-ci.yml", "Chart.yaml", "values.yaml"}
     for res in files:
         for secret in secrets:
             assert secret not in res["inputs"]["content"], res["inputs"]["filePath"]
         assert res["retain_on_delete"] is True
-        if res["inputs"]["project"] == dev.named("manifest-project")["id"]:
-            assert res["ignore_changes"] == ["content", "branch", "filePath"]
-    pipeline = dev.named("pipeline-file")["inputs"]["content"]
-    assert dev.named("manifest-project")["outputs"]["ssh_url_to_repo"] in pipeline
+        if res["inputs"]["project"] == api.named("manifest-project")["id"]:
+            assert res["ignore_changes"] == ["content", "branch", "filePath", "commitMessage", "authorName"]
+        # The provider's per-file lock is waited for within the create timeout.
+        assert res["custom_timeouts"]["create"] == "10m"
+    pipeline = api.named("pipeline-file")["inputs"]["content"]
+    assert api.named("manifest-project")["outputs"]["ssh_url_to_repo"] in pipeline
 
 
-def test_pipeline_is_committed_after_its_variables_and_protection(dev: Run) -> None:
-    pipeline = dev.named("pipeline-file")
+def test_pipeline_is_committed_after_its_variables_and_protection(api: Run) -> None:
+    pipeline = api.named("pipeline-file")
     deps = set(pipeline["dependencies"])
     for key in ("DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "GITLAB_PRIVATE_TOKEN", "SSH_KNOWN_HOSTS"):
-        assert variables(dev)[key]["urn"] in deps, key
-    assert dev.named("app-default-branch")["urn"] in deps
-    assert dev.named("ci-deploy-key")["urn"] in deps
+        assert variables(api)[key]["urn"] in deps, key
+    assert api.named("app-default-branch")["urn"] in deps
+    assert api.named("ci-deploy-key")["urn"] in deps
     assert "[skip ci]" in pipeline["inputs"]["commitMessage"]
     # The app branch is protected straight away, before any file is committed.
-    files = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile")}
-    assert not files & set(dev.named("app-default-branch")["dependencies"])
+    files = {r["urn"] for r in api.of_type("repositoryFile:RepositoryFile")}
+    assert not files & set(api.named("app-default-branch")["dependencies"])
 
 
 def test_adopted_projects_follow_their_own_default_branch(program: Callable[..., Run]) -> None:
@@ -231,10 +235,65 @@ def test_variables_are_deleted_before_they_are_replaced(dev: Run) -> None:
     assert all(r["delete_before_replace"] for r in variables(dev).values())
 
 
-def test_push_options_mode_needs_no_access_token(program: Callable[..., Run]) -> None:
-    run = program({"mergeRequestVia": "push-options"})
-    assert run.error is None, run.error
+def test_push_options_mode_needs_no_access_token(dev: Run) -> None:
+    # The demo stack's mode: it works on every GitLab tier, gitlab.com Free included.
+    run = dev
     assert run.of_type("projectAccessToken:ProjectAccessToken") == []
     assert set(variables(run)) == {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"}
     content = run.named("pipeline-file")["inputs"]["content"]
     assert "GITLAB_PRIVATE_TOKEN" not in content and "merge_request.create" in content
+
+
+def test_destroy_then_up_stops_early_with_the_steps(program: Callable[..., Run]) -> None:
+    # `pulumi destroy` with projectsOnDestroy=archive left both projects archived at their paths.
+    world = {
+        "projects": [
+            {"path_with_namespace": "acme-user/gitops-demo-app", "archived": True},
+            {"path_with_namespace": "acme-user/gitops-demo-chart", "archived": True},
+            # Same search hit, other path: not in the way.
+            {"path_with_namespace": "acme-user/gitops-demo-app-old", "archived": True},
+        ]
+    }
+    run = program(gitlab=world)
+    assert run.error is not None and run.resources == []
+    message = run.error["message"]
+    for key, path in (("appProject", "gitops-demo-app"), ("manifestProject", "gitops-demo-chart")):
+        line = next(line for line in message.splitlines() if line.strip().startswith(f"- {key}:"))
+        assert "archived" in line and "/unarchive" in line
+        adopt = "adoptAppProject" if key == "appProject" else "adoptManifestProject"
+        assert f"pulumi config set {adopt} acme-user/{path}" in line
+        assert f"pulumi config set {key} {path}-2" in line
+    assert "gitops-demo-app-old" not in message
+    # Following the first step: unarchived and adopted, the stack plans again.
+    adopted = program(
+        {"adoptAppProject": "acme-user/gitops-demo-app", "adoptManifestProject": "acme-user/gitops-demo-chart"},
+        gitlab={"projects": [{"path_with_namespace": "acme-user/gitops-demo-app-old", "archived": True}]},
+    )
+    assert adopted.error is None, adopted.error
+    # Following the second: new paths are free.
+    renamed = program({"appProject": "gitops-demo-app-2", "manifestProject": "gitops-demo-chart-2"}, gitlab=world)
+    assert renamed.error is None, renamed.error
+
+
+def test_an_archived_project_in_a_group_is_found_there(program: Callable[..., Run]) -> None:
+    world = {"projects": [{"path_with_namespace": "acme/platform/gitops-demo-chart", "archived": True}]}
+    run = program({"gitlabGroup": "acme/platform"}, gitlab=world)
+    assert run.error is not None and run.resources == []
+    assert "manifestProject: acme/platform/gitops-demo-chart" in run.error["message"]
+    assert "appProject:" not in run.error["message"]
+    # The same path in another namespace is not in the way.
+    assert program(gitlab=world).error is None
+
+
+def test_an_archived_adopted_project_is_refused(program: Callable[..., Run]) -> None:
+    run = program(ADOPT, gitlab={"projects": [{"path_with_namespace": "acme/webapp-chart", "archived": True}]})
+    assert run.error is not None and run.resources == []
+    assert "adoptManifestProject: acme/webapp-chart is archived" in run.error["message"]
+
+
+def test_port_forward_names_the_pinned_context(program: Callable[..., Run], dev: Run) -> None:
+    assert dev.outputs["argocdPortForward"]["value"] == (
+        "kubectl --context kind-gitops port-forward svc/argocd-server -n argocd 8080:443"
+    )
+    unpinned = program({"kubeContext": ""})
+    assert unpinned.outputs["argocdPortForward"]["value"] == "kubectl port-forward svc/argocd-server -n argocd 8080:443"

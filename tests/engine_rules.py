@@ -1,0 +1,244 @@
+"""What the real Pulumi CLI, engine and providers enforce, applied to what the program registers.
+
+Pulumi's mock monitor accepts any program; these rules are the ones it does not apply. Each
+rule names the upstream source it was read from (see also ../shared/notes/facts.md). The
+tests feed them the records of ``tests.mockrun``: one run, or two runs diffed as the engine
+diffs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# --- The CLI's config check --------------------------------------------------------------
+# pulumi/pulumi sdk/go/common/workspace (mergeConfig, validateStackConfigValue) and issue 21797:
+# a key declared in Pulumi.yaml `config:` without a `default` must be set in the stack, or
+# the CLI refuses to start the program ("Stack 'dev' is missing configuration values"). A
+# `secret: true` key cannot have a default: the CLI merges it in as plain text and then
+# refuses it as an unencrypted secret. `""` is a default for string keys only.
+
+
+def config_violations(project: Mapping[str, Any], stack: Mapping[str, Any], set_by_commands: Iterable[str] = ()) -> list[str]:
+    """Why the CLI would refuse to run ``stack`` (a parsed Pulumi.<stack>.yaml) of ``project``.
+
+    ``set_by_commands`` names keys the stack's documented set-up commands add
+    (`pulumi config set KEY …`), which the file itself does not hold yet.
+    """
+    name = project["name"]
+    declared: Mapping[str, Any] = project.get("config") or {}
+    present = {key.split(":", 1)[1] if key.startswith(f"{name}:") else key for key in (stack.get("config") or {})}
+    present |= set(set_by_commands)
+    problems: list[str] = []
+    for key, spec in declared.items():
+        spec = spec if isinstance(spec, dict) else {"default": spec}
+        if spec.get("secret") and "default" in spec:
+            problems.append(f"{key}: a secret key cannot have a default")
+        if spec.get("default") == "" and spec.get("type", "string") != "string":
+            problems.append(f"{key}: an empty default is valid only for string keys")
+        if "default" not in spec and "value" not in spec and key not in present:
+            problems.append(f"{key}: declared without a default and not set in the stack")
+    return problems
+
+
+def readme_config_sets(commands: str) -> set[str]:
+    """Project keys that `pulumi config set` commands in ``commands`` set."""
+    found = re.findall(r"pulumi config set(?: --secret)?(?: --path)? '?([A-Za-z0-9_:.\[\]]+)", commands)
+    return {key for key in found if ":" not in key}
+
+
+# --- GitLab edition and BranchProtection -------------------------------------------------
+# terraform-provider-gitlab 19.x resource_gitlab_branch_protection.go, ModifyPlan: on
+# Enterprise Edition (gitlab.com; any EE install, licensed or not) push_access_level and
+# merge_access_level fail the plan ("feature unavailable ... Use `allowed_to_push` instead");
+# on Community Edition any allowed_to_* block fails it ("Enterprise license required").
+EE_ONLY_PROTECTION = ("allowedToPushes", "allowedToMerges", "allowedToUnprotects")
+CE_ONLY_PROTECTION = ("pushAccessLevel", "mergeAccessLevel", "unprotectAccessLevel")
+
+
+def protection_violations(inputs: Mapping[str, Any], enterprise: bool) -> list[str]:
+    """Arguments of one BranchProtection that the provider refuses on this edition."""
+    refused = CE_ONLY_PROTECTION if enterprise else EE_ONLY_PROTECTION
+    return [arg for arg in refused if inputs.get(arg) not in (None, [])]
+
+
+# --- Replace-only properties --------------------------------------------------------------
+# Input paths (camelCase, as registered) whose change makes the provider plan a replacement.
+# "*" matches any list index or map key.
+REPLACE_ONLY: dict[str, tuple[str, ...]] = {
+    # terraform-provider-gitlab resource_gitlab_project_variable.go: project, key and
+    # environment_scope RequiresReplace; hidden RequiresReplace (see HIDDEN_UNSET below).
+    "gitlab:index/projectVariable:ProjectVariable": ("project", "key", "environmentScope", "hidden"),
+    # resource_gitlab_deploy_key.go (SDKv2): every argument is ForceNew; there is no Update.
+    "gitlab:index/deployKey:DeployKey": ("project", "title", "key", "canPush", "expiresAt"),
+    # resource_gitlab_project_access_token.go: rotation (expires_at) is an in-place update.
+    "gitlab:index/projectAccessToken:ProjectAccessToken": ("project", "name", "scopes", "accessLevel"),
+    # resource_gitlab_repository_file.go: project, file_path and branch are ForceNew.
+    "gitlab:index/repositoryFile:RepositoryFile": ("project", "filePath", "branch"),
+    # resource_gitlab_project_hook.go: url RequiresReplace ("to preserve token"); token updates in place.
+    "gitlab:index/projectHook:ProjectHook": ("project", "url"),
+    # resource_gitlab_branch_protection.go: project, branch RequiresReplace; the CE access
+    # levels RequiresReplaceIfConfigured; allowed_to_* update in place.
+    "gitlab:index/branchProtection:BranchProtection": ("project", "branch", "pushAccessLevel", "mergeAccessLevel"),
+    # terraform-provider-tls / -random: every argument forces a new key or password.
+    "tls:index/privateKey:PrivateKey": ("algorithm", "ecdsaCurve", "rsaBits"),
+    "random:index/randomPassword:RandomPassword": ("*",),
+}
+
+# pulumi-kubernetes provider/pkg/provider/diff.go, forceNewProperties: every object is
+# replaced when metadata.name or metadata.namespace changes, plus per kind:
+KUBE_REPLACE_ONLY: dict[str, tuple[str, ...]] = {
+    "apps/v1:Deployment": ("spec.selector",),
+    "apps/v1:DaemonSet": ("spec.selector",),
+    "apps/v1:StatefulSet": (
+        "spec.podManagementPolicy",
+        "spec.revisionHistoryLimit",
+        "spec.selector",
+        "spec.serviceName",
+        "spec.volumeClaimTemplates",
+    ),
+    "core/v1:Secret": ("type",),
+    "core/v1:Service": ("spec.clusterIP",),
+    "core/v1:PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
+    "core/v1:ResourceQuota": ("spec.scopes",),
+    "rbac.authorization.k8s.io/v1:RoleBinding": ("roleRef",),
+    "rbac.authorization.k8s.io/v1:ClusterRoleBinding": ("roleRef",),
+    "storage.k8s.io/v1:StorageClass": ("parameters", "provisioner"),
+    "batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+}
+KUBE_ALWAYS = ("metadata.name", "metadata.namespace")
+# Same file: Secret data is replace-only unless the provider sets enableSecretMutable, and
+# ConfigMap data unless it sets enableConfigMapMutable; `immutable: true` objects always.
+SECRET_DATA = ("type", "stringData", "data")
+CONFIG_MAP_DATA = ("binaryData", "data")
+
+# resource_gitlab_project_variable.go: `hidden` is Optional+Computed with RequiresReplace and
+# no UseStateForUnknown, so when the program passes no value and anything else changes, the
+# plan marks it unknown, and unknown != state means replace.
+HIDDEN_UNSET_TYPE = "gitlab:index/projectVariable:ProjectVariable"
+
+# A property path: map keys and list indexes.
+Path = tuple[str, ...]
+UNCHANGED, UPDATED, REPLACED, CREATED, DELETED = "unchanged", "updated", "replaced", "created", "deleted"
+
+
+@dataclass(frozen=True)
+class Change:
+    """How the engine would treat one resource between two runs."""
+
+    urn: str
+    name: str
+    type: str
+    action: str
+    paths: tuple[Path, ...] = ()
+    # A replacement that deletes the old object before creating the new one.
+    delete_first: bool = False
+
+
+def changed_paths(old: Any, new: Any, prefix: Path = ()) -> list[Path]:
+    """Paths (map keys and list indexes) whose values differ between ``old`` and ``new``.
+
+    Paths are tuples because Kubernetes data keys hold dots (``timeout.reconciliation``).
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[Path] = []
+        for key in sorted(set(old) | set(new)):
+            found += changed_paths(old.get(key), new.get(key), (*prefix, str(key)))
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        found = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            found += changed_paths(a, b, (*prefix, str(i)))
+        return found
+    return [] if old == new else [prefix]
+
+
+def _matches(path: Path, rule: str) -> bool:
+    """Whether a change at ``path`` touches ``rule`` (dotted): the value itself, inside it, or a parent replaced whole."""
+    wanted = rule.split(".")
+    if wanted == ["*"]:
+        return True
+    common = min(len(path), len(wanted))
+    return all(w in ("*", p) for p, w in zip(path[:common], wanted[:common], strict=True))
+
+
+def _kube_key(record: Mapping[str, Any]) -> str:
+    # "kubernetes:apps/v1:Deployment" -> "apps/v1:Deployment"
+    return record["type"].split(":", 1)[1]
+
+
+def _kube_rules(record: Mapping[str, Any], provider: Mapping[str, Any]) -> tuple[str, ...]:
+    key = _kube_key(record)
+    rules = KUBE_ALWAYS + KUBE_REPLACE_ONLY.get(key, ())
+    immutable = bool(record["inputs"].get("immutable"))
+    if key == "core/v1:Secret" and (not _flag(provider, "enableSecretMutable") or immutable):
+        rules += SECRET_DATA
+    if key == "core/v1:ConfigMap" and (not _flag(provider, "enableConfigMapMutable") or immutable):
+        rules += CONFIG_MAP_DATA
+    return rules
+
+
+def _flag(provider: Mapping[str, Any], name: str) -> bool:
+    # Provider inputs reach the engine as strings ("true").
+    return str(provider.get(name, "false")).lower() == "true"
+
+
+def _fixed_name(record: Mapping[str, Any]) -> bool:
+    # provider.go Diff: a replaced object whose name the program set (not autonamed) and kept
+    # is deleted before its successor is created (DeleteBeforeReplace=true).
+    return bool((record["inputs"].get("metadata") or {}).get("name"))
+
+
+def _ignored(path: Path, ignore_changes: Iterable[str]) -> bool:
+    # ignore_changes covers the named property and everything inside it.
+    return any(_matches(path, _camel(rule)) and len(path) >= len(rule.split(".")) for rule in ignore_changes)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def classify(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, providers: Mapping[str, Mapping[str, Any]]) -> Change:
+    """The engine's decision for one resource, from its records in two runs.
+
+    ``providers`` maps a provider reference (``urn::id``) to the new run's provider inputs,
+    which is the configuration the provider diffs with.
+    """
+    if old is None or new is None:
+        record = new or old
+        assert record is not None
+        return Change(record["urn"], record["name"], record["type"], CREATED if old is None else DELETED)
+    base = dict(urn=new["urn"], name=new["name"], type=new["type"])
+    paths = [p for p in changed_paths(old["inputs"], new["inputs"]) if not _ignored(p, new["ignore_changes"])]
+    trigger_changed = old.get("replacement_trigger") != new.get("replacement_trigger")
+    if not paths and not trigger_changed:
+        return Change(**base, action=UNCHANGED)
+    typ = new["type"]
+    if typ.startswith("kubernetes:"):
+        rules: tuple[str, ...] = _kube_rules(new, providers.get(new.get("provider") or "", {}))
+    else:
+        rules = REPLACE_ONLY.get(typ, ())
+    rules += tuple(_camel(r) for r in new.get("replace_on_changes") or ())
+    replace = trigger_changed or any(_matches(p, r) for p in paths for r in rules)
+    if typ == HIDDEN_UNSET_TYPE and "hidden" not in new["inputs"] and paths:
+        replace = True
+    if not replace:
+        return Change(**base, action=UPDATED, paths=tuple(paths))
+    delete_first = bool(new["delete_before_replace"]) or (typ.startswith("kubernetes:") and _fixed_name(new))
+    return Change(**base, action=REPLACED, paths=tuple(paths), delete_first=delete_first)
+
+
+def diff_runs(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> dict[str, Change]:
+    """Every custom resource's change between two runs' records, by URN."""
+    before = {r["urn"]: r for r in old if r["custom"]}
+    after = {r["urn"]: r for r in new if r["custom"]}
+    providers = {f"{r['urn']}::{r['id']}": r["inputs"] for r in after.values() if r["type"].startswith("pulumi:providers:")}
+    return {urn: classify(before.get(urn), after.get(urn), providers) for urn in sorted(set(before) | set(after))}
+
+
+def by_action(changes: Mapping[str, Change], action: str) -> set[str]:
+    """Logical names of the resources with ``action``."""
+    return {c.name for c in changes.values() if c.action == action}

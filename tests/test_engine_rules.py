@@ -1,0 +1,226 @@
+"""The real CLI's and providers' rules (tests.engine_rules) applied to what the program registers."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import yaml
+
+from tests.conftest import Run
+from tests.engine_rules import (
+    CREATED,
+    DELETED,
+    REPLACED,
+    UNCHANGED,
+    UPDATED,
+    by_action,
+    classify,
+    config_violations,
+    diff_runs,
+    protection_violations,
+    readme_config_sets,
+)
+from tests.tools import REPO_ROOT, readme_blocks
+
+STACKS = sorted(p.name.split(".")[1] for p in REPO_ROOT.glob("Pulumi.*.yaml"))
+PROJECT = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
+
+
+def setup_commands() -> str:
+    """The README's set-up block: the first bash block under "Set up and run"."""
+    return readme_blocks("Set up and run")[0]
+
+
+# --- The CLI's config check ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_cli_accepts_every_committed_stack(stack: str) -> None:
+    doc = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())
+    assert config_violations(PROJECT, doc, readme_config_sets(setup_commands())) == []
+
+
+def test_the_readme_sets_every_required_secret() -> None:
+    required = {k for k, v in PROJECT["config"].items() if v.get("secret")}
+    assert required == {"dockerhubToken"}
+    assert required <= readme_config_sets(setup_commands())
+    assert "dockerhubUser" in readme_config_sets(setup_commands())
+
+
+def test_the_config_check_fails_where_the_cli_would() -> None:
+    # The declarations this project shipped before: optional keys without a default, which
+    # the stack files left unset; and the two mistakes the CLI refuses outright.
+    project = {
+        "name": "gitops-bootstrap",
+        "config": {
+            "argocdVersion": {"type": "string", "default": "v3.5.1"},
+            "argocdExternalUrl": {"type": "string"},
+            "gitlabGroup": {"type": "string"},
+            "slackWebhookUrl": {"type": "string", "secret": True, "default": ""},
+            "argocdHa": {"type": "boolean", "default": ""},
+        },
+    }
+    stack = {"config": {"gitops-bootstrap:gitlabGroup": "acme"}}
+    found = config_violations(project, stack)
+    assert [p.split(":")[0] for p in found] == ["argocdExternalUrl", "slackWebhookUrl", "argocdHa"]
+    assert config_violations(project, stack, {"argocdExternalUrl"}) == found[1:]
+
+
+# --- Editions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enterprise", [True, False])
+def test_branch_protection_uses_only_this_editions_arguments(program: Callable[..., Run], enterprise: bool) -> None:
+    run = program(gitlab={"enterprise": enterprise})
+    assert run.error is None, run.error
+    protections = run.of_type("branchProtection:BranchProtection")
+    assert len(protections) == 2
+    for res in protections:
+        assert protection_violations(res["inputs"], enterprise) == [], res["name"]
+        # The same arguments on the other edition are refused: the rule can fail.
+        assert protection_violations(res["inputs"], not enterprise)
+    levels = {r["name"]: r["inputs"] for r in protections}
+    manifest = levels["manifest-default-branch"]
+    if enterprise:
+        assert manifest["allowedToPushes"] == [{"accessLevel": "no one"}]
+        assert manifest["allowedToMerges"] == [{"accessLevel": "developer"}]
+    else:
+        assert (manifest["pushAccessLevel"], manifest["mergeAccessLevel"]) == ("no one", "developer")
+
+
+def test_gitlab_com_is_enterprise_edition(dev: Run) -> None:
+    # The demo stack points at gitlab.com, whose /metadata answers enterprise: true.
+    assert [i["token"] for i in dev.report["invokes"]].count("gitlab:index/getMetadata:getMetadata") == 1
+    for res in dev.of_type("branchProtection:BranchProtection"):
+        assert protection_violations(res["inputs"], enterprise=True) == []
+
+
+# --- The CLI version ------------------------------------------------------------------------
+
+
+def test_an_old_cli_refuses_to_run_the_program(dev: Run) -> None:
+    assert PROJECT["requiredPulumiVersion"] == ">=3.272.0"
+    calls = dev.report["required_pulumi_version"]
+    # Checked once, before the program reads any config or registers anything.
+    assert calls == [{"range": ">=3.272.0", "config_reads_before": 0, "resources_before": 0}]
+
+
+# --- Diffs as the engine computes them ------------------------------------------------------
+
+WEBHOOK = {"argocdExternalUrl": "https://argocd.example.com"}
+
+
+def credentials(run: Run) -> set[str]:
+    """What a rotation must replace on this stack: key pairs, deploy keys, token, webhook secret."""
+    names = {"argocd-repo-key", "ci-push-key", "argocd-deploy-key", "ci-deploy-key"}
+    present = {r["name"] for r in run.resources}
+    return names | ({"mr-token", "argocd-webhook-secret"} & present)
+
+
+def assert_safe(changes: dict, allowed_replacements: set[str]) -> None:
+    replaced = by_action(changes, REPLACED)
+    assert replaced <= allowed_replacements, sorted(replaced - allowed_replacements)
+    assert not [c.name for c in changes.values() if c.delete_first]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_rotation_replaces_credentials_only(program: Callable[..., Run], stack: str) -> None:
+    first, second = program({"credentialsEpoch": "1"}, stack=stack), program({"credentialsEpoch": "2"}, stack=stack)
+    assert first.error is None and second.error is None
+    changes = diff_runs(first.resources, second.resources)
+    expected = credentials(second)
+    assert by_action(changes, REPLACED) == expected
+    assert_safe(changes, expected)
+    assert not by_action(changes, CREATED) and not by_action(changes, DELETED)
+    urns = {r["name"]: r["urn"] for r in second.resources}
+    consumers = {
+        "manifest-repo": "argocd-deploy-key",
+        "ssh-private-key": "ci-deploy-key",
+        "gitlab-private-token": "mr-token",
+        "argocd-secret": "argocd-webhook-secret",
+        "argocd-webhook": "argocd-webhook-secret",
+    }
+    for consumer, credential in consumers.items():
+        if credential not in expected:
+            continue
+        # An in-place update that waits for the new credential; the old one is deleted last
+        # (create-before-delete is the engine's default, and no credential turns it off).
+        assert changes[urns[consumer]].action == UPDATED, consumer
+        assert urns[credential] in second.named(consumer)["dependencies"], (consumer, credential)
+    for name in expected:
+        assert second.named(name)["delete_before_replace"] is False
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize(
+    "change",
+    [{"argocdReconciliationTimeout": "300s"}, {"argocdExternalUrl": "https://cd.example.org"}],
+    ids=["reconciliation-timeout", "external-url"],
+)
+def test_argocd_settings_replace_no_kubernetes_object(program: Callable[..., Run], stack: str, change: dict[str, str]) -> None:
+    first, second = program(stack=stack), program(change, stack=stack)
+    assert first.error is None and second.error is None
+    changes = diff_runs(first.resources, second.resources)
+    kube = {c.name for c in changes.values() if c.type.startswith("kubernetes:") and c.action == REPLACED}
+    assert kube == set()
+    assert not [c.name for c in changes.values() if c.delete_first]
+    updated = by_action(changes, UPDATED)
+    assert "argocd-cm" in updated
+    if "argocdExternalUrl" in change and stack == "dev":
+        # A first public URL adds the webhook and its secret, and writes only that key.
+        assert {"argocd-webhook", "argocd-webhook-secret"} <= by_action(changes, CREATED)
+        assert "argocd-secret" in updated
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_upgrade_replaces_nothing(program: Callable[..., Run], stack: str) -> None:
+    old, new = program({"argocdVersion": "v3.4.7"}, stack=stack), program({"argocdVersion": "v3.5.1"}, stack=stack)
+    assert old.error is None and new.error is None
+    changes = diff_runs(old.resources, new.resources)
+    assert by_action(changes, REPLACED) == set()
+    assert by_action(changes, UPDATED), "the upgrade changes the workloads in place"
+
+
+def without_mutable_settings(run: Run) -> list[dict]:
+    """The run's records as a stack that ran before the mutable settings existed left them."""
+    records = copy.deepcopy(run.resources)
+    for record in records:
+        if record["type"] == "pulumi:providers:kubernetes":
+            record["inputs"].pop("enableSecretMutable")
+            record["inputs"].pop("enableConfigMapMutable")
+    return records
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_turning_on_mutable_settings_changes_only_the_provider(program: Callable[..., Run], stack: str) -> None:
+    run = program(stack=stack)
+    changes = diff_runs(without_mutable_settings(run), run.resources)
+    assert by_action(changes, UPDATED) == {"k8s"}
+    assert {c.action for c in changes.values() if c.name != "k8s"} == {UNCHANGED}
+
+
+def test_without_mutable_settings_a_rotation_would_wipe_argocd_secret(program: Callable[..., Run]) -> None:
+    # The same rotation diffed by a provider without the settings: the rules catch the bug
+    # the settings fix, so the tests above could fail.
+    first, second = program({"credentialsEpoch": "1"}, stack="prod"), program({"credentialsEpoch": "2"}, stack="prod")
+    old_second = without_mutable_settings(second)
+    changes = diff_runs(without_mutable_settings(first), old_second)
+    wiped = {c.name for c in changes.values() if c.delete_first}
+    assert wiped == {"argocd-secret", "manifest-repo"}
+
+
+def test_every_variable_passes_hidden_as_a_bool(program: Callable[..., Run], dev: Run) -> None:
+    for run in (dev, program({"hideCiVariables": "true"}, stack="prod")):
+        variables = run.of_type("projectVariable:ProjectVariable")
+        assert variables and all(isinstance(v["inputs"].get("hidden"), bool) for v in variables)
+    # The rule the bool avoids: without `hidden`, a new value alone would replace the variable.
+    record = copy.deepcopy(dev.named("ssh-private-key"))
+    record["inputs"].pop("hidden")
+    changed = copy.deepcopy(record)
+    changed["inputs"]["value"] = "another key"
+    assert classify(record, changed, {}).action == REPLACED
+    assert classify(dev.named("ssh-private-key"), {**changed, "inputs": {**changed["inputs"], "hidden": False}}, {}).action == (
+        UPDATED
+    )
