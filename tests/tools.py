@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -43,3 +44,11 @@ def require_tool(name: str) -> str:
         return found
     missing(f"the `{name}` tool")
     raise AssertionError("unreachable")
+
+
+def readme_blocks(section: str | None = None) -> list[str]:
+    """The README's ```bash blocks, all of them or those under the ``## section`` heading."""
+    text = (REPO_ROOT / "README.md").read_text()
+    if section is not None:
+        text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
