@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pulumi
+import pulumi_gitlab as gitlab
 import pulumi_kubernetes as k8s
 
 # First of all: an older CLI ignores the `replacement_trigger` option that credential rotation
@@ -30,7 +31,7 @@ from components.gitlab_content import (
     StarterChartArgs,
     chart_repo_path,
 )
-from components.gitlab_host import HostFacts, host_problems
+from components.gitlab_host import HostFacts, adoption_warnings, host_problems
 from components.gitlab_projects import GitLabProjects, read_host
 from components.kubeconfig import read_contexts
 from components.settings import KEYS, Settings, SettingsError, parse_settings
@@ -57,7 +58,26 @@ def read_gitlab(settings: Settings) -> HostFacts:
     problems = host_problems(host)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))
+    # The program changes no adopted project's settings; `pulumi preview` says where they leave holes.
+    for warning in adoption_warnings(host):
+        pulumi.log.warn(f"adopted project {warning}")
     return host
+
+
+def deploy_key_provider(settings: Settings) -> gitlab.Provider | None:
+    """A GitLab provider that acts as the bot account set in deployKeyOwnerToken, if any."""
+    token = settings.gitlab.deploy_key_owner_token
+    if token is None:
+        return None
+    # Same instance as the default provider; only the identity differs.
+    instance = pulumi.Config("gitlab")
+    return gitlab.Provider(
+        "deploy-key-owner",
+        token=pulumi.Output.secret(token.reveal()),
+        base_url=instance.get("baseUrl"),
+        cacert_file=instance.get("cacertFile"),
+        insecure=instance.get_bool("insecure"),
+    )
 
 
 settings = read_settings()
@@ -88,12 +108,12 @@ kubernetes = k8s.Provider(
 k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
 
 credentials = Credentials("credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None))
-projects = GitLabProjects("gitlab", settings.gitlab, gitlab_host)
+projects = GitLabProjects("gitlab", settings.gitlab, gitlab_host, settings.stack)
 chart = StarterChart(
     "starter-chart",
     StarterChartArgs(
         manifest=projects.manifest,
-        chart=ChartSpec(name=settings.app.name, image_repository=settings.app.image_repository),
+        chart=ChartSpec(name=settings.app.name, image_repository=settings.app.image_repository, container_port=settings.app.port),
         chart_path=settings.app.chart_path,
     ),
 )
@@ -104,6 +124,7 @@ protections = BranchProtections(
     manifest_after=chart.files,
     retain=settings.gitlab.projects_on_destroy == "retain",
     enterprise=gitlab_host.enterprise,
+    manifest_merge=settings.gitlab.manifest_merge_access,
 )
 access = GitLabAccess(
     "access",
@@ -124,6 +145,7 @@ access = GitLabAccess(
         merge_request_via=settings.gitlab.merge_request_via,
         webhook_url=webhook_url,
         webhook_secret=credentials.webhook_secret,
+        deploy_key_provider=deploy_key_provider(settings),
     ),
 )
 
@@ -136,6 +158,9 @@ DeliveryPipeline(
         chart_file=chart_repo_path(settings.app.chart_path, "Chart.yaml"),
         merge_request_via=settings.gitlab.merge_request_via,
         ready=[access, *([protections.app] if protections.app else [])],
+        stack=settings.stack,
+        enterprise=gitlab_host.enterprise,
+        retain=settings.gitlab.projects_on_destroy == "retain",
     ),
 )
 
@@ -169,6 +194,7 @@ app = AppDeployment(
         repo_private_key=credentials.argocd_private_key,
         chart_path=settings.app.chart_path,
         target_revision=projects.manifest.default_branch,
+        port=settings.app.port,
         argocd=argocd,
         repo_key_registered=[access.argocd_deploy_key],
         repo_content=chart.files,

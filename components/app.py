@@ -9,12 +9,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.apiextensions import CustomResource
 
+from components.app_project import IN_CLUSTER, PSA_LABELS, app_project_spec, network_policies
+
 REPO_SECRET_LABEL = "argocd.argoproj.io/secret-type"
 APP_FINALIZER = "resources-finalizer.argocd.argoproj.io"
-IN_CLUSTER = "https://kubernetes.default.svc"
 
 
-def application_spec(repo_url: str, path: str, revision: str, namespace: str, project: str = "default") -> dict[str, Any]:
+def application_spec(repo_url: str, path: str, revision: str, namespace: str, project: str) -> dict[str, Any]:
     """The Application's spec: follow ``revision`` of the chart and keep the cluster in sync."""
     return {
         "project": project,
@@ -44,6 +45,8 @@ class AppDeploymentArgs:
     repo_private_key: pulumi.Input[str]
     chart_path: str
     target_revision: pulumi.Input[str]
+    # The app's container port, the only one its NetworkPolicy admits.
+    port: int
     # Resources the Application must outlive on destroy and follow on create.
     argocd: pulumi.Resource
     # Resources the repository secret must wait for (the deploy key it authenticates with).
@@ -53,7 +56,7 @@ class AppDeploymentArgs:
 
 
 class AppDeployment(pulumi.ComponentResource):
-    """App namespace, repository secret and Argo CD Application."""
+    """App namespace with its guard rails, AppProject, repository secret and Argo CD Application."""
 
     def __init__(self, name: str, args: AppDeploymentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:argocd:AppDeployment", name, None, opts)
@@ -61,12 +64,34 @@ class AppDeployment(pulumi.ComponentResource):
 
         namespace = k8s.core.v1.Namespace(
             "app-namespace",
-            metadata={"name": args.namespace, "labels": {"app.kubernetes.io/managed-by": "argocd"}},
+            # Pod Security Admission refuses pods that break the `restricted` profile.
+            metadata={"name": args.namespace, "labels": {"app.kubernetes.io/managed-by": "argocd", **PSA_LABELS}},
             # Destroy removes the app namespace after the Application and before Argo CD,
             # so nothing Argo CD deployed is left running without its controller.
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd])),
         )
+        # Owned here, not by the chart (the AppProject refuses the kind), so no merged chart
+        # change can delete or widen them.
+        policies = [
+            k8s.networking.v1.NetworkPolicy(
+                f"network-policy-{policy['metadata']['name']}",
+                metadata=policy["metadata"],
+                spec=policy["spec"],
+                opts=child.merge(pulumi.ResourceOptions(depends_on=[namespace])),
+            )
+            for policy in network_policies(args.namespace, args.name, args.port)
+        ]
         repo_url = pulumi.Output.from_input(args.repo_url).apply(with_git_suffix)
+        project = CustomResource(
+            "argocd-project",
+            api_version="argoproj.io/v1alpha1",
+            kind="AppProject",
+            metadata={"name": args.name, "namespace": args.argocd_namespace},
+            spec=repo_url.apply(lambda url: app_project_spec(url, args.namespace)),
+            # Needs the AppProject CRD; the Application depends on it, so destroy deletes the
+            # Application (whose finalizer needs its project) first.
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd])),
+        )
         repo_secret = k8s.core.v1.Secret(
             "manifest-repo",
             metadata={
@@ -78,7 +103,8 @@ class AppDeployment(pulumi.ComponentResource):
             string_data={
                 "type": "git",
                 "name": args.name,
-                "project": "default",
+                # Serves only this app's project (Argo CD matches URL plus project first).
+                "project": args.name,
                 "url": repo_url,
                 "sshPrivateKey": pulumi.Output.secret(args.repo_private_key),
             },
@@ -98,14 +124,17 @@ class AppDeployment(pulumi.ComponentResource):
                 "finalizers": [APP_FINALIZER],
             },
             spec=pulumi.Output.all(repo_url, args.target_revision).apply(
-                lambda values: application_spec(values[0], args.chart_path, values[1], args.namespace)
+                lambda values: application_spec(values[0], args.chart_path, values[1], args.namespace, args.name)
             ),
-            # Depending on the whole Argo CD install (its CRDs and ready workloads) and the app
-            # namespace makes destroy delete the Application first, while the controller that
-            # honours its finalizer still runs and before its namespace disappears.
-            # The seeded chart comes first so that the first sync finds it.
-            opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, namespace, repo_secret, *args.repo_content])),
+            # Depending on the whole Argo CD install (its CRDs and ready workloads), the app
+            # namespace and the AppProject makes destroy delete the Application first, while
+            # the controller that honours its finalizer still runs, and before its namespace
+            # and project disappear. The seeded chart and the guard rails come first, so the
+            # first sync finds the chart and lands behind the policies.
+            opts=child.merge(
+                pulumi.ResourceOptions(depends_on=[args.argocd, namespace, project, *policies, repo_secret, *args.repo_content])
+            ),
         )
         self.namespace = namespace.metadata.name
         self.repo_url = repo_url
-        self.register_outputs({"namespace": self.namespace, "repoUrl": repo_url})
+        self.register_outputs({"namespace": self.namespace, "repoUrl": repo_url, "project": args.name})

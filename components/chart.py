@@ -176,6 +176,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {{ include "NAME.fullname" . }}
+  namespace: {{ .Release.Namespace }}
   labels:
     {{- include "NAME.labels" . | nindent 4 }}
 spec:
@@ -230,6 +231,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {{ include "NAME.fullname" . }}
+  namespace: {{ .Release.Namespace }}
   labels:
     {{- include "NAME.labels" . | nindent 4 }}
 spec:

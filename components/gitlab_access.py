@@ -8,6 +8,7 @@ import pulumi
 import pulumi_gitlab as gitlab
 
 from components.gitlab_projects import ProjectInfo
+from components.pipeline import API_TOKEN_VARIABLE, SSH_KEY_VARIABLE, VARIABLE_ENVIRONMENTS
 from components.settings import docker_auth
 
 # The merge-request step needs the API; developer is the lowest role that may open MRs.
@@ -36,6 +37,9 @@ class AccessArgs:
     merge_request_via: str = "api"
     webhook_url: str | None = None
     webhook_secret: pulumi.Input[str] | None = None
+    # A provider that authenticates as a bot account: it registers the deploy keys, so the
+    # bot (a Developer on the manifest project) owns them, not the person running `pulumi up`.
+    deploy_key_provider: pulumi.ProviderResource | None = None
 
 
 class GitLabAccess(pulumi.ComponentResource):
@@ -46,6 +50,9 @@ class GitLabAccess(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         manifest_id = args.manifest.id
 
+        # A key's owner is whoever registers it: GitLab opens push-option merge requests as
+        # that user (git_access_actor.rb), so whoever holds the CI key acts as its owner.
+        key_opts = child.merge(pulumi.ResourceOptions(provider=args.deploy_key_provider)) if args.deploy_key_provider else child
         # Titles carry the stack so that two stacks sharing a project never collide.
         self.argocd_deploy_key = gitlab.DeployKey(
             "argocd-deploy-key",
@@ -53,7 +60,7 @@ class GitLabAccess(pulumi.ComponentResource):
             title=f"argocd-{args.stack}",
             key=args.argocd_public_key,
             can_push=False,
-            opts=child,
+            opts=key_opts,
         )
         self.ci_deploy_key = gitlab.DeployKey(
             "ci-deploy-key",
@@ -61,7 +68,7 @@ class GitLabAccess(pulumi.ComponentResource):
             title=f"ci-push-{args.stack}",
             key=args.ci_public_key,
             can_push=True,
-            opts=child,
+            opts=key_opts,
         )
         self.mr_token: gitlab.ProjectAccessToken | None = None
         if args.merge_request_via == "api":
@@ -110,9 +117,11 @@ class GitLabAccess(pulumi.ComponentResource):
             gitlab.ProjectVariable(
                 "ssh-private-key",
                 project=app_id,
-                key="SSH_PRIVATE_KEY",
+                key=SSH_KEY_VARIABLE,
                 value=pulumi.Output.secret(args.ci_private_key),
                 variable_type="file",
+                # Only the job that declares this environment (update-manifest) receives it.
+                environment_scope=VARIABLE_ENVIRONMENTS[SSH_KEY_VARIABLE],
                 # GitLab refuses to mask multi-line values; protected keeps it to the default branch.
                 masked=False,
                 protected=True,
@@ -144,8 +153,10 @@ class GitLabAccess(pulumi.ComponentResource):
                 gitlab.ProjectVariable(
                     "gitlab-private-token",
                     project=app_id,
-                    key="GITLAB_PRIVATE_TOKEN",
+                    key=API_TOKEN_VARIABLE,
                     value=token_value,
+                    # Only the job that declares this environment (open-merge-request) receives it.
+                    environment_scope=VARIABLE_ENVIRONMENTS[API_TOKEN_VARIABLE],
                     masked=True,
                     protected=True,
                     hidden=hidden,

@@ -15,11 +15,10 @@ import pulumi
 import pulumi_gitlab as gitlab
 
 from components.chart import ChartSpec, render_chart
-from components.gitlab_host import protection_args
+from components.gitlab_host import PIPELINE_FILE, pipeline_branch, protection_args
 from components.gitlab_projects import ProjectInfo
 from components.pipeline import PipelineSpec, render_pipeline
 
-PIPELINE_PATH = ".gitlab-ci.yml"
 # In an adopted app project the program never replaces the team's own pipeline; it commits
 # its jobs beside it, for the team to `include:`.
 ADOPTED_PIPELINE_PATH = ".gitlab/gitops-bootstrap.gitlab-ci.yml"
@@ -36,8 +35,8 @@ def chart_repo_path(chart_path: str, path: str) -> str:
 
 
 def pipeline_path(app: ProjectInfo) -> str:
-    """Where the pipeline file goes in the app project."""
-    return ADOPTED_PIPELINE_PATH if app.adopted else PIPELINE_PATH
+    """Where the pipeline file goes: beside an adopted app's own pipeline, else the manifest project's pipeline branch."""
+    return ADOPTED_PIPELINE_PATH if app.adopted else PIPELINE_FILE
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ class StarterChart(pulumi.ComponentResource):
 
 
 class BranchProtections(pulumi.ComponentResource):
-    """Protected default branches: merge requests only on the manifest project."""
+    """Protected default branches: nobody pushes to the manifest's, only maintainers to the app's."""
 
     app: gitlab.BranchProtection | None
     manifest: gitlab.BranchProtection | None
@@ -103,6 +102,7 @@ class BranchProtections(pulumi.ComponentResource):
         manifest: ProjectInfo,
         manifest_after: Sequence[pulumi.Resource],
         enterprise: bool,
+        manifest_merge: str = "maintainer",
         retain: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -112,25 +112,28 @@ class BranchProtections(pulumi.ComponentResource):
         # Adopted projects keep the protection their team set up.
         self.manifest = None
         if not manifest.adopted:
-            # Every deploy is a merge request a person approves; CI pushes only side branches.
+            # Every deploy is a merge request that a maintainer (or, with manifestMergeAccess=admin,
+            # an administrator) merges; CI pushes only side branches, and its token (Developer)
+            # cannot merge here.
             self.manifest = gitlab.BranchProtection(
                 "manifest-default-branch",
                 project=manifest.id,
                 branch=manifest.default_branch,
                 allow_force_push=False,
-                **protection_args(enterprise, push="no one", merge="developer"),
+                **protection_args(enterprise, push="no one", merge=manifest_merge),
                 # After the seeded chart: once nobody may push, not even the program can commit.
                 opts=keep.merge(pulumi.ResourceOptions(depends_on=list(manifest_after))),
             )
         self.app = None
         if not app.adopted:
-            # Protected variables reach only pipelines of protected branches; developers push.
+            # Protected variables reach only pipelines of protected branches. Developers merge app
+            # changes; only maintainers push directly. The pipeline itself is not in this project.
             self.app = gitlab.BranchProtection(
                 "app-default-branch",
                 project=app.id,
                 branch=app.default_branch,
                 allow_force_push=False,
-                **protection_args(enterprise, push="developer", merge="developer"),
+                **protection_args(enterprise, push="maintainer", merge="developer"),
                 opts=keep,
             )
         self.register_outputs({})
@@ -146,10 +149,20 @@ class DeliveryPipelineArgs:
     chart_file: str
     merge_request_via: str
     ready: Sequence[pulumi.Resource]
+    stack: str
+    enterprise: bool
+    # projectsOnDestroy=retain: the pipeline branch keeps its protection.
+    retain: bool = False
 
 
 class DeliveryPipeline(pulumi.ComponentResource):
-    """The app project's pipeline file, rendered from the manifest project's coordinates."""
+    """The app project's pipeline, rendered from the manifest project's coordinates.
+
+    For a created app project it is committed to a branch of the manifest project that only
+    maintainers push to and merge into, which the app project reads through `ci_config_path`;
+    every `pulumi up` commits the current rendering there. An adopted app project gets it
+    beside its own pipeline, for its team to `include:`.
+    """
 
     def __init__(self, name: str, args: DeliveryPipelineArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:gitlab:DeliveryPipeline", name, None, opts)
@@ -166,22 +179,45 @@ class DeliveryPipeline(pulumi.ComponentResource):
             )
         )
         self.path = pipeline_path(args.app)
+        child = pulumi.ResourceOptions(parent=self)
+        if args.app.adopted:
+            project, branch, after = args.app.id, args.app.default_branch, list(args.ready)
+        else:
+            branch_name = pipeline_branch(args.stack)
+            pipeline_ref = gitlab.Branch(
+                "pipeline-branch",
+                project=args.manifest.id,
+                name=branch_name,
+                ref=args.manifest.default_branch,
+                # Holds the pipeline the app project runs: destroy keeps it, like every commit,
+                # and a later change of the default branch does not re-create it.
+                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=True, ignore_changes=["ref"])),
+            )
+            protection = gitlab.BranchProtection(
+                "pipeline-branch-protection",
+                project=args.manifest.id,
+                branch=pipeline_ref.name,
+                allow_force_push=False,
+                **protection_args(args.enterprise, push="maintainer", merge="maintainer"),
+                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
+            )
+            project, branch, after = args.manifest.id, pulumi.Output.from_input(branch_name), [*args.ready, protection]
         self.file = gitlab.RepositoryFile(
             "pipeline-file",
-            project=args.app.id,
-            branch=args.app.default_branch,
+            project=project,
+            branch=branch,
             file_path=self.path,
             content=content,
             encoding="text",
             author_name=COMMIT_AUTHOR,
-            # The commit itself starts no pipeline: the project has no Dockerfile yet.
+            # The commit itself starts no pipeline.
             commit_message="Update the delivery pipeline (gitops-bootstrap) [skip ci]",
             overwrite_on_create=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                # Committed once the branch is protected and the variables and keys exist,
+                # Committed once the branches are protected and the variables and keys exist,
                 # so the next push runs a pipeline that can read them.
-                depends_on=list(args.ready),
+                depends_on=after,
                 # Destroy must not commit deletions into a team's repository.
                 retain_on_delete=True,
                 custom_timeouts=FILE_TIMEOUTS,

@@ -23,6 +23,12 @@ class ProjectRecord:
     web_url: str
     default_branch: str
     archived: bool
+    ci_config_path: str = ""
+    ci_pipeline_variables_minimum_override_role: str = ""
+    # Access levels ("no one", "developer", "maintainer", …) allowed to push and to merge on
+    # the default branch; None where the default branch is not protected.
+    default_branch_push: tuple[str, ...] | None = None
+    default_branch_merge: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,9 @@ def host_problems(facts: HostFacts) -> list[Problem]:
                 key,
                 f"{record.path_with_namespace} already exists and is archived (an earlier `pulumi destroy` with"
                 f" projectsOnDestroy=archive keeps the project and its path), so it cannot be created again."
-                f" Either {_unarchive(record)} and manage it as it is with"
-                f" `pulumi config set {adopt_key} {record.path_with_namespace}`, or create a new project with"
+                f" Either {_unarchive(record)}, protect its default branch again (destroy removed the"
+                f" protection, and protected CI/CD variables reach only protected branches) and manage it as"
+                f" it is with `pulumi config set {adopt_key} {record.path_with_namespace}`, or create a new project with"
                 f" `pulumi config set {key} {path}-2`",
                 f"{path}-2",
             )
@@ -84,6 +91,58 @@ def host_problems(facts: HostFacts) -> list[Problem]:
                 )
             )
     return problems
+
+
+# Where a created app project's pipeline lives: in the manifest project, on a branch of its
+# own that only maintainers push to and merge into. The app project reads it through
+# `ci_config_path`, so nothing an app developer merges changes a job that holds deploy
+# credentials. The name is not `.gitlab-ci.yml`, so the manifest project never runs it itself.
+PIPELINE_FILE = "gitops/app-pipeline.gitlab-ci.yml"
+
+
+def pipeline_branch(stack: str) -> str:
+    """The manifest project's branch holding the app pipeline; per stack, so stacks can share the project."""
+    return f"gitops-pipeline-{stack}"
+
+
+def ci_config_path(manifest_path_with_namespace: str, stack: str) -> str:
+    """The app project's `ci_config_path`: ``<file>@<project>:<ref>``, read from the manifest project."""
+    return f"{PIPELINE_FILE}@{manifest_path_with_namespace}:{pipeline_branch(stack)}"
+
+
+def adoption_warnings(facts: HostFacts) -> list[str]:
+    """Where an adopted project's own settings leave the deploy gate open (the program changes none of them)."""
+    warnings: list[str] = []
+    manifest = facts.adopted.get("adoptManifestProject")
+    if manifest is not None:
+        name = manifest.path_with_namespace
+        if manifest.default_branch_push is None:
+            warnings.append(f"{name}: its default branch is not protected, so any developer can push a deploy")
+        else:
+            if set(manifest.default_branch_push) - {"no one"}:
+                pushers = ", ".join(sorted(manifest.default_branch_push))
+                warnings.append(f"{name}: {pushers} may push straight to its default branch, which Argo CD deploys")
+            if "developer" in (manifest.default_branch_merge or ()):
+                warnings.append(f"{name}: developers may merge into its default branch, so a deploy needs no maintainer")
+    app = facts.adopted.get("adoptAppProject")
+    if app is not None:
+        name = app.path_with_namespace
+        if not app.ci_config_path:
+            warnings.append(
+                f"{name}: its pipeline is read from the project itself, so whoever can merge or push there can add a"
+                " job that declares the deploy environments and reads SSH_PRIVATE_KEY or GITLAB_PRIVATE_TOKEN;"
+                " set its CI/CD configuration file to one only maintainers can change"
+            )
+        if "developer" in (app.default_branch_push or ("developer",)):
+            warnings.append(
+                f"{name}: developers may push straight to its default branch, whose pipelines get the deploy credentials"
+            )
+        if app.ci_pipeline_variables_minimum_override_role in ("", "developer"):
+            warnings.append(
+                f"{name}: developers may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL) when running a"
+                " pipeline; set ci_pipeline_variables_minimum_override_role to no_one_allowed"
+            )
+    return warnings
 
 
 def protection_args(enterprise: bool, push: str, merge: str) -> dict[str, Any]:

@@ -8,21 +8,34 @@ from typing import Any
 import pulumi
 import pulumi_gitlab as gitlab
 
-from components.gitlab_host import HostFacts, ProjectRecord, created_paths
+from components.gitlab_host import HostFacts, ProjectRecord, ci_config_path, created_paths
 from components.settings import GitLabSettings, ProjectSettings
 
 ADOPT_KEYS = {"app": "adoptAppProject", "manifest": "adoptManifestProject"}
 
 
-def _record(found: Any) -> ProjectRecord:
+def _record(found: Any, protected: Any = None) -> ProjectRecord:
+    branch = found.default_branch or ""
+    rule = next((b for b in protected or [] if b.name == branch), None)
     return ProjectRecord(
         id=str(found.id),
         path_with_namespace=found.path_with_namespace,
         ssh_url=found.ssh_url_to_repo,
         web_url=found.web_url,
-        default_branch=found.default_branch or "",
+        default_branch=branch,
         archived=bool(found.archived),
+        ci_config_path=getattr(found, "ci_config_path", None) or "",
+        ci_pipeline_variables_minimum_override_role=getattr(found, "ci_pipeline_variables_minimum_override_role", None) or "",
+        default_branch_push=tuple(a.access_level for a in rule.push_access_levels or []) if rule else None,
+        default_branch_merge=tuple(a.access_level for a in rule.merge_access_levels or []) if rule else None,
     )
+
+
+def _adopted(path: str) -> ProjectRecord:
+    found = gitlab.get_project(path_with_namespace=path)
+    # Its default branch's protection, for the warnings on an adopted project's open doors.
+    protected = gitlab.get_project_protected_branches(project_id=str(found.id)).protected_branches
+    return _record(found, protected)
 
 
 def read_host(args: GitLabSettings) -> HostFacts:
@@ -34,7 +47,7 @@ def read_host(args: GitLabSettings) -> HostFacts:
     # `enterprise` decides BranchProtection's arguments (see gitlab_host.protection_args).
     enterprise = bool(gitlab.get_metadata().enterprise)
     adopted = {
-        ADOPT_KEYS[which]: _record(gitlab.get_project(path_with_namespace=project.adopt))
+        ADOPT_KEYS[which]: _adopted(project.adopt)
         for which, project in (("app", args.app_project), ("manifest", args.manifest_project))
         if project.adopt is not None
     }
@@ -83,16 +96,10 @@ class GitLabProjects(pulumi.ComponentResource):
     app: ProjectInfo
     manifest: ProjectInfo
 
-    def __init__(self, name: str, args: GitLabSettings, host: HostFacts, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: GitLabSettings, host: HostFacts, stack: str, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("gitops:gitlab:Projects", name, None, opts)
-        self.app = self._project(
-            "app-project",
-            "Application source; its pipeline builds the image.",
-            args.app_project,
-            args,
-            host.adopted.get(ADOPT_KEYS["app"]),
-            host.namespace_id,
-        )
         self.manifest = self._project(
             "manifest-project",
             "Helm chart that Argo CD deploys; changed only through merge requests.",
@@ -100,6 +107,21 @@ class GitLabProjects(pulumi.ComponentResource):
             args,
             host.adopted.get(ADOPT_KEYS["manifest"]),
             host.namespace_id,
+        )
+        self.app = self._project(
+            "app-project",
+            "Application source; its pipeline builds the image.",
+            args.app_project,
+            args,
+            host.adopted.get(ADOPT_KEYS["app"]),
+            host.namespace_id,
+            {
+                # The pipeline is read from the manifest project, where only maintainers change it.
+                "ci_config_path": self.manifest.path_with_namespace.apply(lambda path: ci_config_path(path, stack)),
+                # Nobody may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL, …) when
+                # running a pipeline by hand (GitLab 17.1+).
+                "ci_pipeline_variables_minimum_override_role": "no_one_allowed",
+            },
         )
         self.register_outputs(
             {
@@ -118,6 +140,7 @@ class GitLabProjects(pulumi.ComponentResource):
         args: GitLabSettings,
         adopted: ProjectRecord | None,
         namespace_id: int | None,
+        extra: dict[str, Any] | None = None,
     ) -> ProjectInfo:
         if adopted is not None:
             # Looked up by read_host, never registered: destroy cannot touch a project it does not own.
@@ -144,6 +167,10 @@ class GitLabProjects(pulumi.ComponentResource):
             # "archive" (the default) makes the provider archive instead of delete, so code
             # survives `pulumi destroy`; "delete" is the explicit opt-in to real deletion.
             archive_on_destroy=args.projects_on_destroy == "archive",
+            # "delete" means deleted: without this, GitLab only schedules the deletion and the
+            # path stays taken until it runs.
+            permanently_delete_on_destroy=args.projects_on_destroy == "delete",
+            **(extra or {}),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # "retain" drops the project from state on destroy and leaves it untouched.

@@ -47,6 +47,19 @@ SECRET_VARIABLES: tuple[str, ...] = (
 
 # Only the merge request API needs a token; pushes authenticate with the SSH key.
 API_TOKEN_VARIABLE = "GITLAB_PRIVATE_TOKEN"
+SSH_KEY_VARIABLE = "SSH_PRIVATE_KEY"
+
+# Each deploy credential is an environment-scoped CI/CD variable (every tier), and only the
+# job that needs it declares that environment: the image build, which runs the app's own
+# Dockerfile, never sees either. `action: prepare` records no deployment.
+ENVIRONMENT_MANIFEST = "gitops-manifest"
+ENVIRONMENT_MERGE_REQUEST = "gitops-merge-request"
+VARIABLE_ENVIRONMENTS: dict[str, str] = {
+    SSH_KEY_VARIABLE: ENVIRONMENT_MANIFEST,
+    API_TOKEN_VARIABLE: ENVIRONMENT_MERGE_REQUEST,
+}
+# Push options the pipeline never sends: they would merge without a person.
+MERGE_PUSH_OPTIONS = ("merge_request.merge_when_pipeline_succeeds", "merge_request.auto_merge")
 
 # Name of the dotenv report update-manifest hands to open-merge-request ("api" mode).
 MANIFEST_DOTENV = "manifest.env"
@@ -373,6 +386,8 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
         # The app sources are not needed to edit the manifest repository.
         "variables": {"GIT_STRATEGY": "none"},
         "rules": _rules(),
+        # The only job that receives SSH_PRIVATE_KEY (see VARIABLE_ENVIRONMENTS).
+        "environment": {"name": ENVIRONMENT_MANIFEST, "action": "prepare"},
         # Pipelines of consecutive commits must not push to the manifest at once.
         "resource_group": "manifest-update",
         "interruptible": False,
@@ -403,12 +418,20 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
         "variables": {"GIT_STRATEGY": "none"},
         "rules": _rules(),
         "needs": [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}],
+        # The only job that receives GITLAB_PRIVATE_TOKEN.
+        "environment": {"name": ENVIRONMENT_MERGE_REQUEST, "action": "prepare"},
         "interruptible": False,
         "retry": _runner_retry(),
         "before_script": open_mr_before_script(spec),
         "script": open_mr_script(spec),
     }
     return document
+
+
+def job_environment(spec: PipelineSpec, job: str) -> str | None:
+    """The environment a job declares, which decides the scoped variables it receives."""
+    environment = pipeline_document(spec)[job].get("environment")
+    return environment["name"] if environment else None
 
 
 def job_scripts(spec: PipelineSpec) -> dict[str, list[str]]:

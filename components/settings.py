@@ -42,6 +42,9 @@ MASKABLE = re.compile(r"\A[a-zA-Z0-9_+=/@:.~-]{8,}\Z")
 PROJECTS_ON_DESTROY = ("archive", "retain", "delete")
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 VISIBILITY = ("private", "internal", "public")
+# Protected-branch access levels that may merge deploys: GitLab has no owners-only level
+# (0 no one, 30 developer, 40 maintainer, 60 admin: docs/api/protected_branches.md).
+MANIFEST_MERGE_ACCESS = ("maintainer", "admin")
 
 
 class SecretStr:
@@ -139,7 +142,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("kubeContext", "string", "kubeconfig context to deploy to; empty uses the current one.", "kind-gitops", default=""),
     Key("appNamespace", "string", "Namespace the application is deployed into.", "gitops-demo", default="gitops-demo"),
-    Key("appName", "string", "Name of the Argo CD Application and of the chart.", "webapp", default="webapp"),
+    Key("appName", "string", "Name of the Argo CD Application, its AppProject and the chart.", "webapp", default="webapp"),
+    Key(
+        "appPort",
+        "integer",
+        "Container port of the app: the chart's containerPort and the only port its NetworkPolicy admits.",
+        "8080",
+        default=8080,
+    ),
     Key("chartPath", "string", "Path of the chart inside the manifest project.", ".", default="."),
     Key(
         "gitlabGroup",
@@ -169,6 +179,22 @@ KEYS: tuple[Key, ...] = (
         "Full path of an existing manifest project to manage instead of creating one; empty creates one.",
         "acme/webapp-chart",
         default="",
+    ),
+    Key(
+        "manifestMergeAccess",
+        "string",
+        "Who may merge into the manifest project's default branch: maintainer (maintainers and owners) or admin"
+        " (instance administrators; self-managed only). Never developer.",
+        "maintainer",
+        default="maintainer",
+    ),
+    Key(
+        "deployKeyOwnerToken",
+        "string",
+        "Optional secret: API token of a bot account that registers the deploy keys, so their owner is not you.",
+        "(set with pulumi config set --secret deployKeyOwnerToken)",
+        default="",
+        secret=True,
     ),
     Key("projectVisibility", "string", "Visibility of created projects.", "private", default="private"),
     Key("defaultBranch", "string", "Default branch of created projects.", "main", default="main"),
@@ -261,6 +287,10 @@ class GitLabSettings:
     merge_request_via: str
     token_expiry_days: int
     token_rotate_before_days: int
+    # Access level that may merge into the manifest project's default branch.
+    manifest_merge_access: str = "maintainer"
+    # A bot account's API token that registers the deploy keys; None: the provider's own token.
+    deploy_key_owner_token: SecretStr | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +301,7 @@ class AppSettings:
     namespace: str
     chart_path: str
     image_repository: str
+    port: int = 8080
 
 
 @dataclass(frozen=True)
@@ -480,6 +511,14 @@ def parse_settings(
     app_name = r.string("appName") or ""
     if not _DNS_1035.match(app_name) or len(app_name) > 53:
         r.bad("appName", "must start with a letter and hold only lowercase letters, digits and '-', at most 53 characters")
+    elif app_name == "default":
+        r.bad(
+            "appName",
+            "must not be `default`: the app gets an AppProject of its own, and Argo CD's `default` project allows everything",
+        )
+    port = r.integer("appPort", 1)
+    if port > 65535:
+        r.bad("appPort", "must be a TCP port, 1 to 65535")
     chart_path = r.string("chartPath") or "."
     if chart_path.startswith("/") or ".." in chart_path.split("/"):
         r.bad("chartPath", "must be a relative path inside the manifest project")
@@ -534,6 +573,14 @@ def parse_settings(
     if expiry > 365:
         r.bad("accessTokenExpiryDays", "must be at most 365 (GitLab's maximum token lifetime)", "30")
     epoch = r.integer("credentialsEpoch", 1)
+    merge_access = r.string("manifestMergeAccess") or ""
+    r.check(
+        "manifestMergeAccess",
+        merge_access,
+        lambda v: v in MANIFEST_MERGE_ACCESS,
+        f"must be one of {', '.join(MANIFEST_MERGE_ACCESS)}: a deploy needs a maintainer's approval, never less",
+    )
+    key_owner_token = r.string("deployKeyOwnerToken")
 
     user = r.string("dockerhubUser")
     if user is None:
@@ -563,7 +610,11 @@ def parse_settings(
         lambda v: v.split("/", 1)[0] in DOCKER_HUB_HOSTS,
         "must be on Docker Hub (docker.io/<user>/<name>): the pipeline logs in to Docker Hub only",
     )
-    image_namespace = image.split("/")[1] if image.count("/") >= 2 else ""
+    parts = image.split("/")
+    if parts[0] in DOCKER_HUB_HOSTS and len(parts) != 3:
+        # docker.io/<name> means docker.io/library/<name>, the official images nobody here can push to.
+        r.bad("imageRepository", "must be docker.io/<namespace>/<name> on Docker Hub")
+    image_namespace = parts[1] if len(parts) == 3 else ""
     if user and image_namespace and image_namespace not in {user, organization}:
         r.bad(
             "imageRepository",
@@ -597,7 +648,7 @@ def parse_settings(
             reconciliation_timeout=timeout,
             read_admin_password=read_password,
         ),
-        app=AppSettings(name=app_name, namespace=app_namespace, chart_path=chart_path, image_repository=image),
+        app=AppSettings(name=app_name, namespace=app_namespace, chart_path=chart_path, image_repository=image, port=port),
         gitlab=GitLabSettings(
             group=group,
             app_project=projects["app"],
@@ -610,6 +661,8 @@ def parse_settings(
             merge_request_via=via,
             token_expiry_days=expiry,
             token_rotate_before_days=rotate_before,
+            manifest_merge_access=merge_access,
+            deploy_key_owner_token=SecretStr(key_owner_token) if key_owner_token else None,
         ),
         registry=RegistrySettings(user=user or "", token=SecretStr(token or "")),
         credentials_epoch=epoch,

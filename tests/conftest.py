@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -172,10 +173,11 @@ def program() -> Iterator[Callable[..., Run]]:
         stack: str = "dev",
         preview: bool = False,
         gitlab: dict[str, Any] | None = None,
+        secret_keys: tuple[str, ...] = ("dockerhubToken",),
     ) -> Run:
-        key = json.dumps([overrides, stack, preview, gitlab], sort_keys=True)
+        key = json.dumps([overrides, stack, preview, gitlab, secret_keys], sort_keys=True)
         if key not in _CACHE:
-            _CACHE[key] = run_program(overrides, stack, preview, gitlab)
+            _CACHE[key] = run_program(overrides, stack, preview, gitlab, secret_keys)
         return _CACHE[key]
 
     yield runner
@@ -195,3 +197,19 @@ def api(program: Callable[..., Run]) -> Run:
     run = program({"mergeRequestVia": "api"})
     assert run.error is None, run.error and run.error["traceback"]
     return run
+
+
+@pytest.fixture(scope="session")
+def helm() -> ModuleType:
+    """Helm's renderer (helm-python-sdk)."""
+    from tests.test_chart import load
+
+    return load("helm_python")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> ModuleType:
+    """The kubernetes-validate package."""
+    from tests.test_chart import load
+
+    return load("kubernetes_validate")

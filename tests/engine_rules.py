@@ -77,8 +77,10 @@ REPLACE_ONLY: dict[str, tuple[str, ...]] = {
     "gitlab:index/projectAccessToken:ProjectAccessToken": ("project", "name", "scopes", "accessLevel"),
     # resource_gitlab_repository_file.go: project, file_path and branch are ForceNew.
     "gitlab:index/repositoryFile:RepositoryFile": ("project", "filePath", "branch"),
-    # resource_gitlab_project_hook.go: url RequiresReplace ("to preserve token"); token updates in place.
-    "gitlab:index/projectHook:ProjectHook": ("project", "url"),
+    # resource_gitlab_project_hook.go: url RequiresReplace, and the computed project_id
+    # RequiresReplace without UseStateForUnknown, so any change (a new token too) plans it
+    # unknown and replaces the hook, create-before-delete (facts.md: "ProjectHook: any change").
+    "gitlab:index/projectHook:ProjectHook": ("*",),
     # resource_gitlab_branch_protection.go: project, branch RequiresReplace; the CE access
     # levels RequiresReplaceIfConfigured; allowed_to_* update in place.
     "gitlab:index/branchProtection:BranchProtection": ("project", "branch", "pushAccessLevel", "mergeAccessLevel"),
@@ -113,6 +115,14 @@ KUBE_ALWAYS = ("metadata.name", "metadata.namespace")
 # ConfigMap data unless it sets enableConfigMapMutable; `immutable: true` objects always.
 SECRET_DATA = ("type", "stringData", "data")
 CONFIG_MAP_DATA = ("binaryData", "data")
+
+# pulumi-kubernetes provider.go DiffConfig: the provider is replaced (and with it every object
+# it manages) when kubeconfig, context or cluster point at another cluster, or when
+# clusterIdentifier changes; every other setting (enableSecretMutable, …) is an update. A
+# changed value is taken to mean another cluster.
+PROVIDER_REPLACE_ONLY: dict[str, tuple[str, ...]] = {
+    "pulumi:providers:kubernetes": ("kubeconfig", "context", "cluster", "clusterIdentifier"),
+}
 
 # resource_gitlab_project_variable.go: `hidden` is Optional+Computed with RequiresReplace and
 # no UseStateForUnknown, so when the program passes no value and anything else changes, the
@@ -219,6 +229,8 @@ def classify(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, provi
     typ = new["type"]
     if typ.startswith("kubernetes:"):
         rules: tuple[str, ...] = _kube_rules(new, providers.get(new.get("provider") or "", {}))
+    elif typ.startswith("pulumi:providers:"):
+        rules = PROVIDER_REPLACE_ONLY.get(typ, ())
     else:
         rules = REPLACE_ONLY.get(typ, ())
     rules += tuple(_camel(r) for r in new.get("replace_on_changes") or ())

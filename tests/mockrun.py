@@ -97,7 +97,30 @@ class GitLabWorld:
             "webUrl": urls["web_url"],
             "defaultBranch": listed.get("default_branch", "main"),
             "archived": bool(listed.get("archived", False)),
+            "ciConfigPath": listed.get("ci_config_path", ""),
+            "ciPipelineVariablesMinimumOverrideRole": listed.get("ci_pipeline_variables_minimum_override_role", "developer"),
         }
+
+    def protected_branches(self, project_id: str) -> list[dict[str, Any]]:
+        """GET /projects/:id/protected_branches: listed rules, or GitLab's default for a new project
+        (the default branch fully protected: maintainers push and merge)."""
+        listed = next(
+            (p for p in self.projects if self.project(p["path_with_namespace"])["id"] == project_id),
+            {"default_branch": "main"},
+        )
+        default = [{"name": listed.get("default_branch", "main"), "push": ["maintainer"], "merge": ["maintainer"]}]
+        return [
+            {
+                "id": i + 1,
+                "name": rule["name"],
+                "allowForcePush": False,
+                "codeOwnerApprovalRequired": False,
+                "pushAccessLevels": [{"accessLevel": level, "accessLevelDescription": level} for level in rule["push"]],
+                "mergeAccessLevels": [{"accessLevel": level, "accessLevelDescription": level} for level in rule["merge"]],
+                "unprotectAccessLevels": [],
+            }
+            for i, rule in enumerate(listed.get("protected_branches", default))
+        ]
 
     def list_projects(self, args: dict[str, Any], groups: dict[Any, str]) -> list[dict[str, Any]]:
         """GET /projects (or /groups/:id/projects) with the filters the data source passes."""
@@ -169,6 +192,13 @@ class Mocks(pulumi_mocks.Mocks):
             return self.world.project(args.args["pathWithNamespace"]), []
         if args.token == "gitlab:index/getProjects:getProjects":
             return {"id": "projects", "projects": self.world.list_projects(args.args, self.groups)}, []
+        if args.token == "gitlab:index/getProjectProtectedBranches:getProjectProtectedBranches":
+            project_id = args.args["projectId"]
+            return {
+                "id": int(project_id),
+                "projectId": project_id,
+                "protectedBranches": self.world.protected_branches(project_id),
+            }, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
             return {"id": "gitlab", "enterprise": self.world.enterprise, "version": "18.6.0", "revision": "abc"}, []
         if args.token == "gitlab:index/getCurrentUser:getCurrentUser":

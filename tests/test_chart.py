@@ -52,16 +52,6 @@ def load(module: str) -> ModuleType:
         raise
 
 
-@pytest.fixture(scope="module")
-def helm() -> ModuleType:
-    return load("helm_python")
-
-
-@pytest.fixture(scope="module")
-def kubernetes_validate() -> ModuleType:
-    return load("kubernetes_validate")
-
-
 def write_chart(spec: ChartSpec, root: Path) -> Path:
     chart_dir = root / spec.name
     for rel, text in render_chart(spec).items():
@@ -85,10 +75,12 @@ def sed_bump(chart_dir: Path, tag: str) -> None:
     )
 
 
-def render(helm: ModuleType, chart_dir: Path, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def render(
+    helm: ModuleType, chart_dir: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
     chart = helm.Chart.load(str(chart_dir))
     try:
-        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+        manifests = chart.render(values or {}, name=RELEASE, namespace=namespace)
     finally:
         chart.close()
     objects = [obj for text in manifests.values() for obj in yaml.safe_load_all(text) if obj is not None]

@@ -49,6 +49,19 @@ def test_the_readme_sets_every_required_secret() -> None:
     assert "dockerhubUser" in readme_config_sets(setup_commands())
 
 
+def test_the_config_check_fails_on_declarations_without_defaults() -> None:
+    # The committed files as they were before every optional key got its `default: ""`.
+    without_defaults = copy.deepcopy(PROJECT)
+    optional = [k for k, v in without_defaults["config"].items() if v.get("default") in ("", [])]
+    for key in optional:
+        del without_defaults["config"][key]["default"]
+    for stack in STACKS:
+        doc = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())
+        unset = {k for k in optional if f"gitops-bootstrap:{k}" not in (doc.get("config") or {})}
+        found = config_violations(without_defaults, doc, readme_config_sets(setup_commands()))
+        assert unset and {p.split(":")[0] for p in found} == unset - readme_config_sets(setup_commands()), stack
+
+
 def test_the_config_check_fails_where_the_cli_would() -> None:
     # The declarations this project shipped before: optional keys without a default, which
     # the stack files left unset; and the two mistakes the CLI refuses outright.
@@ -76,7 +89,8 @@ def test_branch_protection_uses_only_this_editions_arguments(program: Callable[.
     run = program(gitlab={"enterprise": enterprise})
     assert run.error is None, run.error
     protections = run.of_type("branchProtection:BranchProtection")
-    assert len(protections) == 2
+    # Both default branches and the manifest project's pipeline branch.
+    assert len(protections) == 3
     for res in protections:
         assert protection_violations(res["inputs"], enterprise) == [], res["name"]
         # The same arguments on the other edition are refused: the rule can fail.
@@ -85,9 +99,9 @@ def test_branch_protection_uses_only_this_editions_arguments(program: Callable[.
     manifest = levels["manifest-default-branch"]
     if enterprise:
         assert manifest["allowedToPushes"] == [{"accessLevel": "no one"}]
-        assert manifest["allowedToMerges"] == [{"accessLevel": "developer"}]
+        assert manifest["allowedToMerges"] == [{"accessLevel": "maintainer"}]
     else:
-        assert (manifest["pushAccessLevel"], manifest["mergeAccessLevel"]) == ("no one", "developer")
+        assert (manifest["pushAccessLevel"], manifest["mergeAccessLevel"]) == ("no one", "maintainer")
 
 
 def test_gitlab_com_is_enterprise_edition(dev: Run) -> None:
@@ -113,10 +127,14 @@ WEBHOOK = {"argocdExternalUrl": "https://argocd.example.com"}
 
 
 def credentials(run: Run) -> set[str]:
-    """What a rotation must replace on this stack: key pairs, deploy keys, token, webhook secret."""
+    """What a rotation must replace on this stack: key pairs, deploy keys, token, webhook secret.
+
+    The GitLab webhook too: the provider replaces a hook on any change (a new token
+    included), create-before-delete, so the new hook exists before the old one goes.
+    """
     names = {"argocd-repo-key", "ci-push-key", "argocd-deploy-key", "ci-deploy-key"}
     present = {r["name"] for r in run.resources}
-    return names | ({"mr-token", "argocd-webhook-secret"} & present)
+    return names | ({"mr-token", "argocd-webhook-secret", "argocd-webhook"} & present)
 
 
 def assert_safe(changes: dict, allowed_replacements: set[str]) -> None:
@@ -140,7 +158,6 @@ def test_rotation_replaces_credentials_only(program: Callable[..., Run], stack: 
         "ssh-private-key": "ci-deploy-key",
         "gitlab-private-token": "mr-token",
         "argocd-secret": "argocd-webhook-secret",
-        "argocd-webhook": "argocd-webhook-secret",
     }
     for consumer, credential in consumers.items():
         if credential not in expected:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 
+from components.gitlab_host import PIPELINE_FILE
 from components.settings import MASKABLE
 from tests.conftest import TEST_DOCKERHUB_TOKEN, Run
 
@@ -45,7 +46,7 @@ def test_projects_on_destroy_settings(program: Callable[..., Run]) -> None:
         assert res["retain_on_delete"] is True and res["inputs"]["archiveOnDestroy"] is False
     # Retained projects keep their protected branches too.
     protections = retain.of_type("branchProtection:BranchProtection")
-    assert len(protections) == 2 and all(r["retain_on_delete"] for r in protections)
+    assert len(protections) == 3 and all(r["retain_on_delete"] for r in protections)
     delete = program({"projectsOnDestroy": "delete"})
     for res in delete.of_type("project:Project"):
         assert res["retain_on_delete"] is False and res["inputs"]["archiveOnDestroy"] is False
@@ -168,9 +169,12 @@ def test_branch_protection(dev: Run) -> None:
     assert manifest["inputs"]["project"] == dev.named("manifest-project")["id"]
     # gitlab.com is Enterprise Edition: access levels go in allowed_to_* (see test_engine_rules).
     assert manifest["inputs"]["allowedToPushes"] == [{"accessLevel": "no one"}]
-    assert manifest["inputs"]["allowedToMerges"] == [{"accessLevel": "developer"}]
+    assert manifest["inputs"]["allowedToMerges"] == [{"accessLevel": "maintainer"}]
     assert manifest["inputs"]["allowForcePush"] is False
     assert app["inputs"]["project"] == dev.named("app-project")["id"] and app["inputs"]["branch"] == "main"
+    # Developers merge app changes; only maintainers push to the app's default branch.
+    assert app["inputs"]["allowedToPushes"] == [{"accessLevel": "maintainer"}]
+    assert app["inputs"]["allowedToMerges"] == [{"accessLevel": "developer"}]
     # Protection comes after the seeded chart, or the seed commits would be refused.
     seeded = {r["urn"] for r in dev.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")}
     assert len(seeded) >= 5 and seeded <= set(manifest["dependencies"])
@@ -179,12 +183,12 @@ def test_branch_protection(dev: Run) -> None:
 def test_committed_files_hold_no_secret_and_are_seeded_once(api: Run) -> None:
     secrets = [TEST_DOCKERHUB_TOKEN, variables(api)["GITLAB_PRIVATE_TOKEN"]["inputs"]["value"], "PRIVATE KEY"]
     files = api.of_type("repositoryFile:RepositoryFile")
-    assert {r["inputs"]["filePath"] for r in files} >= {".gitlab-ci.yml", "Chart.yaml", "values.yaml"}
+    assert {r["inputs"]["filePath"] for r in files} >= {PIPELINE_FILE, "Chart.yaml", "values.yaml"}
     for res in files:
         for secret in secrets:
             assert secret not in res["inputs"]["content"], res["inputs"]["filePath"]
         assert res["retain_on_delete"] is True
-        if res["inputs"]["project"] == api.named("manifest-project")["id"]:
+        if res["name"].startswith("chart/"):
             assert res["ignore_changes"] == ["content", "branch", "filePath", "commitMessage", "authorName"]
         # The provider's per-file lock is waited for within the create timeout.
         assert res["custom_timeouts"]["create"] == "10m"

@@ -30,6 +30,8 @@ import yaml
 from components.chart import ChartSpec, render_chart
 from components.pipeline import (
     BRANCH_PREFIX,
+    ENVIRONMENT_MANIFEST,
+    ENVIRONMENT_MERGE_REQUEST,
     JOB_BUILD,
     JOB_OPEN_MR,
     JOB_UPDATE_MANIFEST,
@@ -1041,12 +1043,13 @@ def test_gitlab_ci_local_shell_run_of_manifest_jobs(
     key = tmp_path / "SSH_PRIVATE_KEY"
     shutil.copy(ssh_server.client_key, key)
     # Values that are paths of existing files become file variables.
+    # Scoped as the program registers them: each deploy secret to its one job's environment.
     (app / ".gitlab-ci-local-variables.yml").write_text(
         yaml.safe_dump(
             {
-                "SSH_PRIVATE_KEY": str(key),
+                "SSH_PRIVATE_KEY": {"type": "file", "values": {ENVIRONMENT_MANIFEST: key.read_text()}},
                 "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
-                "GITLAB_PRIVATE_TOKEN": GITLAB_TOKEN,
+                "GITLAB_PRIVATE_TOKEN": {"type": "variable", "values": {ENVIRONMENT_MERGE_REQUEST: GITLAB_TOKEN}},
                 "RETRY_DELAY": "0",
             }
         )
@@ -1084,7 +1087,7 @@ def test_gitlab_ci_local_shell_run_with_push_options(tmp_path: Path, ssh_server:
     (app / ".gitlab-ci-local-variables.yml").write_text(
         yaml.safe_dump(
             {
-                "SSH_PRIVATE_KEY": str(key),
+                "SSH_PRIVATE_KEY": {"type": "file", "values": {ENVIRONMENT_MANIFEST: key.read_text()}},
                 "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
                 "RETRY_DELAY": "0",
             }

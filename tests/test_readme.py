@@ -46,4 +46,4 @@ def test_ci_runs_the_readme_test_lines_verbatim_and_in_order() -> None:
 def test_the_set_up_exports_the_local_backends_passphrase() -> None:
     first = readme_blocks("Set up and run")[0]
     assert "export PULUMI_CONFIG_PASSPHRASE" in first and "pulumi login --local" in first
-    assert first.index("PULUMI_CONFIG_PASSPHRASE") < first.index("pulumi stack init")
+    assert first.index("PULUMI_CONFIG_PASSPHRASE") < first.index("pulumi stack select --create")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.tools import REPO_ROOT, require_tool
+from tests.tools import REPO_ROOT, readme_blocks, require_tool
 
 CI_FILE = REPO_ROOT / ".gitlab-ci.yml"
 JOBS = {"test", "preview", "deploy"}
@@ -156,7 +156,13 @@ def test_gitlab_ci_local_lists_the_three_jobs(ci_repo: Path) -> None:
             {"test": "on_success", "preview": "never", "deploy": "never"},
         ),
         (
+            # Any branch's MR: the branch's own code runs, so the tests only.
             "merge-request",
+            {"test": "on_success", "preview": "never", "deploy": "never"},
+        ),
+        (
+            # A protected branch (only maintainers push) with an open MR: the preview runs.
+            "push-protected-branch-with-mr",
             {"test": "on_success", "preview": "on_success", "deploy": "never"},
         ),
     ],
@@ -181,14 +187,27 @@ def test_rules_pick_jobs_per_event(ci_repo: Path, event: str, expected: dict[str
             "--variable",
             "CI_MERGE_REQUEST_IID=7",
         ]
+    if event.endswith("-with-mr"):
+        args = ["--variable", "CI_OPEN_MERGE_REQUESTS=acme/bootstrap!7"]
+        if event.startswith("push-protected"):
+            args += ["--variable", "CI_COMMIT_REF_PROTECTED=true"]
     assert listed_jobs(ci_repo, *args) == expected
 
 
 def test_rules_not_only(expanded: dict[str, Any]) -> None:
     for name, job in jobs_of(expanded).items():
         assert "only" not in job and "except" not in job, name
-    assert expanded["preview"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert expanded["preview"]["rules"] == [
+        {
+            "if": '$CI_COMMIT_BRANCH && $CI_COMMIT_BRANCH != $CI_DEFAULT_BRANCH && $CI_COMMIT_REF_PROTECTED == "true"'
+            " && $CI_OPEN_MERGE_REQUESTS"
+        }
+    ]
     assert expanded["deploy"]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH", "when": "manual"}]
+    # An unprotected branch with an open MR gets no branch pipeline: its MR pipeline runs the tests.
+    workflow = yaml.safe_load(CI_FILE.read_text())["workflow"]["rules"]
+    unprotected_with_mr = '$CI_COMMIT_BRANCH && $CI_OPEN_MERGE_REQUESTS && $CI_COMMIT_REF_PROTECTED != "true"'
+    assert {"if": unprotected_with_mr, "when": "never"} in workflow
 
 
 def test_images_are_pinned(expanded: dict[str, Any]) -> None:
@@ -222,11 +241,20 @@ def test_job_scripts_pass_shellcheck(expanded: dict[str, Any], tmp_path: Path) -
             assert result.returncode == 0, f"{name} ({section}, {shell}):\n{result.stdout}{result.stderr}"
 
 
-def test_test_job_runs_the_suite(expanded: dict[str, Any]) -> None:
-    script = expanded["test"]["script"]
-    assert "pip install -r requirements-dev.txt" in script
-    assert any(re.fullmatch(r"npm (ci|install)\b.*", line) for line in script)
-    assert script[-1].startswith("pytest")
+def test_test_job_runs_the_readme_lines(expanded: dict[str, Any]) -> None:
+    assert expanded["test"]["script"] == readme_blocks("Tests")
+
+
+def test_credentials_reach_only_the_pulumi_jobs(expanded: dict[str, Any]) -> None:
+    jobs = jobs_of(expanded)
+    # The test job declares no environment, so no environment-scoped variable reaches it.
+    assert "environment" not in jobs["test"]
+    assert jobs["preview"]["environment"] == {"name": "$STACK/preview", "action": "prepare"}
+    assert jobs["deploy"]["environment"]["name"] == "$STACK"
+    header = CI_FILE.read_text().split("\nstages:", 1)[0]
+    for name in ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_BACKEND_URL", "GITLAB_TOKEN", "KUBECONFIG"):
+        assert name in header
+    assert "protected" in header and 'scope "dev/preview"' in header
 
 
 def test_deploy_is_serialised_per_stack(expanded: dict[str, Any]) -> None:

@@ -31,6 +31,8 @@ def require_tool(name: str) -> str:
     """Path of an executable from the venv, node_modules/.bin or PATH; skip or fail if absent."""
     candidates = [
         VENV_BIN / name,
+        # checkov pins older packaging than Pulumi accepts, so it has a venv of its own.
+        REPO_ROOT / "venv-checkov" / "bin" / name,
         REPO_ROOT / "node_modules" / ".bin" / name,
     ]
     extra = os.environ.get("GITOPS_TOOLS_BIN")
