@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulumi
@@ -52,10 +53,25 @@ def read_settings() -> Settings:
         raise pulumi.RunError(str(exc)) from None
 
 
-def read_gitlab(settings: Settings) -> HostFacts:
+@dataclass(frozen=True)
+class GitLabInstance:
+    """The GitLab provider's own settings (`gitlab:*`), which a second provider must repeat."""
+
+    base_url: str | None
+    cacert_file: str | None
+    insecure: bool | None
+
+
+def read_gitlab_instance() -> GitLabInstance:
+    """Read the provider's instance settings once."""
+    config = pulumi.Config("gitlab")
+    return GitLabInstance(config.get("baseUrl"), config.get("cacertFile"), config.get_bool("insecure"))
+
+
+def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
     """The GitLab instance's edition and existing projects; stops on an archived project in the way."""
     host = read_host(settings.gitlab)
-    problems = host_problems(host)
+    problems = host_problems(host, settings.gitlab, instance.base_url)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))
     # The program changes no adopted project's settings; `pulumi preview` says where they leave holes.
@@ -64,19 +80,18 @@ def read_gitlab(settings: Settings) -> HostFacts:
     return host
 
 
-def deploy_key_provider(settings: Settings) -> gitlab.Provider | None:
+def deploy_key_provider(settings: Settings, instance: GitLabInstance) -> gitlab.Provider | None:
     """A GitLab provider that acts as the bot account set in deployKeyOwnerToken, if any."""
     token = settings.gitlab.deploy_key_owner_token
     if token is None:
         return None
     # Same instance as the default provider; only the identity differs.
-    instance = pulumi.Config("gitlab")
     return gitlab.Provider(
         "deploy-key-owner",
         token=pulumi.Output.secret(token.reveal()),
-        base_url=instance.get("baseUrl"),
-        cacert_file=instance.get("cacertFile"),
-        insecure=instance.get_bool("insecure"),
+        base_url=instance.base_url,
+        cacert_file=instance.cacert_file,
+        insecure=instance.insecure,
     )
 
 
@@ -89,7 +104,8 @@ except manifest_source.ManifestError as exc:
 # The parsed manifest (about 200,000 objects) lives for the whole run; freezing it keeps the
 # garbage collector from rescanning it on every collection while resources are registered.
 gc.freeze()
-gitlab_host = read_gitlab(settings)
+gitlab_instance = read_gitlab_instance()
+gitlab_host = read_gitlab(settings, gitlab_instance)
 webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
 
 # One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
@@ -145,7 +161,7 @@ access = GitLabAccess(
         merge_request_via=settings.gitlab.merge_request_via,
         webhook_url=webhook_url,
         webhook_secret=credentials.webhook_secret,
-        deploy_key_provider=deploy_key_provider(settings),
+        deploy_key_provider=deploy_key_provider(settings, gitlab_instance),
     ),
 )
 

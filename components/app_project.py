@@ -19,9 +19,17 @@ PSA_LEVEL = "restricted"
 PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": PSA_LEVEL for mode in ("enforce", "warn", "audit")} | {
     f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "warn", "audit")
 }
-# Kinds the chart may not create although they are namespaced: the program owns the
-# namespace's NetworkPolicies, so a merged chart change cannot delete or widen them.
-CHART_REFUSED_KINDS = ({"group": "networking.k8s.io", "kind": "NetworkPolicy"},)
+# Kinds the chart may not create although they are namespaced:
+# - NetworkPolicy: the program owns the namespace's policies, so a merged change cannot delete
+#   or widen them;
+# - Role and RoleBinding: a RoleBinding to `cluster-admin` or `admin` inside the namespace would
+#   let the app's pods edit their own Namespace object (its PSA labels) and the policies, and
+#   from there run privileged pods on the node.
+CHART_REFUSED_KINDS = (
+    {"group": "networking.k8s.io", "kind": "NetworkPolicy"},
+    {"group": "rbac.authorization.k8s.io", "kind": "Role"},
+    {"group": "rbac.authorization.k8s.io", "kind": "RoleBinding"},
+)
 DENY_INGRESS = "default-deny-ingress"
 ALLOW_APP_PORT = "allow-app-port"
 

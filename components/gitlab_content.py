@@ -201,7 +201,17 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 **protection_args(args.enterprise, push="maintainer", merge="maintainer"),
                 opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
             )
-            project, branch, after = args.manifest.id, pulumi.Output.from_input(branch_name), [*args.ready, protection]
+            # A tag of the same name could shadow the branch when GitLab resolves the ref in
+            # `ci_config_path`; nobody may create one.
+            tag_guard = gitlab.TagProtection(
+                "pipeline-tag-protection",
+                project=args.manifest.id,
+                tag=branch_name,
+                create_access_level="no one",
+                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
+            )
+            project, branch = args.manifest.id, pulumi.Output.from_input(branch_name)
+            after = [*args.ready, protection, tag_guard]
         self.file = gitlab.RepositoryFile(
             "pipeline-file",
             project=project,

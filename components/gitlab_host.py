@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from components.settings import GitLabSettings, Problem
 
@@ -62,9 +63,22 @@ def _unarchive(record: ProjectRecord) -> str:
     )
 
 
-def host_problems(facts: HostFacts) -> list[Problem]:
-    """Projects that would make `pulumi up` fail: archived at a path to create, or archived and adopted."""
+def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None) -> list[Problem]:
+    """What would make `pulumi up` fail or lock everyone out on this instance.
+
+    Archived projects at a path to create, archived adopted projects, and merges reserved
+    for instance administrators on gitlab.com, where nobody outside GitLab is one.
+    """
     problems: list[Problem] = []
+    host = urlparse(base_url or "https://gitlab.com/").hostname or ""
+    if gitlab.manifest_merge_access == "admin" and host in ("gitlab.com", "www.gitlab.com"):
+        problems.append(
+            Problem(
+                "manifestMergeAccess",
+                "must not be admin on gitlab.com: its administrators are GitLab's staff, so nobody could merge a deploy",
+                "maintainer",
+            )
+        )
     for key, record in facts.archived_at_path.items():
         adopt_key = "adoptAppProject" if key == "appProject" else "adoptManifestProject"
         path = record.path_with_namespace.rsplit("/", 1)[-1]

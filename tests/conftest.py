@@ -168,16 +168,11 @@ _CACHE: dict[str, Run] = {}
 def program() -> Iterator[Callable[..., Run]]:
     """Run the program with overrides; identical runs are shared across tests."""
 
-    def runner(
-        overrides: dict[str, str | None] | None = None,
-        stack: str = "dev",
-        preview: bool = False,
-        gitlab: dict[str, Any] | None = None,
-        secret_keys: tuple[str, ...] = ("dockerhubToken",),
-    ) -> Run:
-        key = json.dumps([overrides, stack, preview, gitlab, secret_keys], sort_keys=True)
+    def runner(*args: Any, **kwargs: Any) -> Run:
+        """``run_program`` with the same arguments, cached per argument list."""
+        key = json.dumps([args, kwargs], sort_keys=True)
         if key not in _CACHE:
-            _CACHE[key] = run_program(overrides, stack, preview, gitlab, secret_keys)
+            _CACHE[key] = run_program(*args, **kwargs)
         return _CACHE[key]
 
     yield runner

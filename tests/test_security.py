@@ -105,13 +105,23 @@ def test_project_rules_fence_the_chart(api: Run, helm: ModuleType, tmp_path: Pat
     assert project_refusals(spec, other_repo, "gitops-demo", objects[0]) == [f"repository {other_repo} is not in sourceRepos"]
     policy = network_policies("gitops-demo", "webapp", 8080)[0]
     assert project_refusals(spec, repo, "gitops-demo", policy) == ["NetworkPolicy is in namespaceResourceBlacklist"]
+    # A RoleBinding inside the namespace to cluster-admin would let the app's pods edit their own
+    # Namespace (PSA labels) and the policies.
+    local_admin = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "local-admin", "namespace": "gitops-demo"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "gitops-demo"}],
+    }
+    assert project_refusals(spec, repo, "gitops-demo", local_admin) == ["RoleBinding is in namespaceResourceBlacklist"]
     # Argo CD's own default project would allow all of it: the rules are not vacuous.
     default = {
         "sourceRepos": ["*"],
         "destinations": [{"server": "*", "namespace": "*"}],
         "clusterResourceWhitelist": [{"group": "*", "kind": "*"}],
     }
-    for obj in (binding, elsewhere, policy):
+    for obj in (binding, elsewhere, policy, local_admin):
         assert project_refusals(default, other_repo, "gitops-demo", obj) == []
 
 
@@ -187,7 +197,7 @@ def actors(run: Run) -> list[Actor]:
         Actor("maintainer", "maintainer"),
         Actor("owner", "owner"),
         Actor("deploy key owner", key_owner),
-        Actor("CI push deploy key", deploy_key=True),
+        Actor("CI push deploy key", key_owner, deploy_key=True),
     ]
     if token:
         found.append(Actor("pipeline's token", token))
@@ -210,7 +220,10 @@ def test_who_may_push_and_merge(program: Callable[..., Run], enterprise: bool) -
     assert app["developer"] == (False, True) and manifest["developer"] == (False, False)
     # What runs with deploy credentials is the pipeline branch, which developers cannot change.
     assert pipeline["developer"] == (False, False) and pipeline["pipeline's token"] == (False, False)
-    assert pipeline["CI push deploy key"] == (False, False)
+    # The CI key pushes with its owner's role: without a bot that is the projects' owner, who may
+    # change the pipeline anyway; only the update-manifest job, defined there, holds the key.
+    assert pipeline["CI push deploy key"] == (True, False)
+    assert manifest["CI push deploy key"] == (False, False)
     ci_config = run.named("app-project")["inputs"]["ciConfigPath"]
     file, _, source = ci_config.partition("@")
     assert source.endswith(f":{pipeline_branch('dev')}") and source.split(":")[0].endswith("/gitops-demo-chart")
@@ -227,8 +240,12 @@ def test_a_bot_owns_the_deploy_keys_when_configured(program: Callable[..., Run])
     assert provider["secret_paths"] == ["token"]
     for name in ("argocd-deploy-key", "ci-deploy-key"):
         assert run.named(name)["provider"].startswith(provider["urn"])
-    manifest = gate_table([branch_rules(run)["manifest-default-branch"]], actors(run))[("manifest-project", "main")]
-    assert manifest["deploy key owner"] == (False, False)
+    # The bot's role is the README's procedure (Maintainer to register, then Developer): nothing
+    # the program registers can show it, so this row restates that assumption.
+    rules = branch_rules(run)
+    table = gate_table(rules.values(), actors(run))
+    assert table[("manifest-project", "main")]["deploy key owner"] == (False, False)
+    assert table[("manifest-project", pipeline_branch("dev"))]["CI push deploy key"] == (False, False)
     # Nothing else acts as the bot.
     assert sorted(r["name"] for r in run.resources if (r["provider"] or "").startswith(provider["urn"])) == [
         "argocd-deploy-key",
@@ -244,8 +261,13 @@ def test_a_plain_text_bot_token_is_refused(program: Callable[..., Run]) -> None:
 
 
 def test_merge_access_can_be_raised_never_lowered(program: Callable[..., Run]) -> None:
-    admin = program({"manifestMergeAccess": "admin"})
+    self_managed = {"gitlab:baseUrl": "https://gitlab.example.com/api/v4/"}
+    admin = program({**self_managed, "manifestMergeAccess": "admin"})
     assert levels_from_inputs(admin.named("manifest-default-branch")["inputs"])[1] == ("admin",)
+    # gitlab.com's administrators are GitLab's staff: nobody could ever merge.
+    locked = program({"manifestMergeAccess": "admin"})
+    assert locked.error is not None and locked.resources == []
+    assert "manifestMergeAccess: must not be admin on gitlab.com" in locked.error["message"]
     lowered = program({"manifestMergeAccess": "developer"})
     assert lowered.error is not None and "manifestMergeAccess" in lowered.error["message"]
 
@@ -305,8 +327,11 @@ def test_preview_warns_about_an_adopted_projects_holes(program: Callable[..., Ru
 @pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
 def test_each_deploy_secret_reaches_one_job(program: Callable[..., Run], mode: str) -> None:
     run = program({"mergeRequestVia": mode})
+    # The environments the committed pipeline file declares, job by job.
+    committed = yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])
     spec = make_spec(merge_request_via=mode)
-    environments = {job: job_environment(spec, job) for job in pipeline_jobs(spec)}
+    environments = {job: (committed[job].get("environment") or {}).get("name") for job in pipeline_jobs(spec)}
+    assert environments == {job: job_environment(spec, job) for job in pipeline_jobs(spec)}
     assert environments[JOB_BUILD] is None
     assert environments[JOB_UPDATE_MANIFEST] == ENVIRONMENT_MANIFEST
     scopes = {
