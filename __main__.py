@@ -190,6 +190,7 @@ argocd = ArgoCd(
             argocd_settings.namespace,
             Overlays(
                 reconciliation_timeout=argocd_settings.reconciliation_timeout,
+                reconciliation_jitter=argocd_settings.reconciliation_jitter,
                 external_url=argocd_settings.external_url,
                 extra_known_hosts=settings.gitlab.ssh_known_hosts,
             ),

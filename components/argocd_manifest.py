@@ -39,13 +39,14 @@ class Overlays:
     """Settings layered onto the upstream ConfigMaps."""
 
     reconciliation_timeout: str = "120s"
+    reconciliation_jitter: str = "60s"
     external_url: str | None = None
     extra_known_hosts: tuple[str, ...] = field(default_factory=tuple)
 
 
 def overlay_hash(overlays: Overlays) -> str:
     """A short digest of the argocd-cm overlay, which changes whenever the overlay does."""
-    text = json.dumps([overlays.reconciliation_timeout, overlays.external_url])
+    text = json.dumps([overlays.reconciliation_timeout, overlays.external_url, overlays.reconciliation_jitter])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,6 +86,7 @@ def _prepare(source: dict[str, Any], namespace: str, overlays: Overlays) -> dict
     if kind == "ConfigMap" and name == "argocd-cm":
         data = obj["data"] = dict(obj.get("data") or {})
         data["timeout.reconciliation"] = overlays.reconciliation_timeout
+        data["timeout.reconciliation.jitter"] = overlays.reconciliation_jitter
         if overlays.external_url:
             data["url"] = overlays.external_url
     if (kind, name) in READS_ARGOCD_CM_AT_START:

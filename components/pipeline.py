@@ -71,6 +71,9 @@ DEFAULT_BRANCH_RULE = "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
 IMAGE_TAG_EXPRESSION = "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
 BRANCH_PREFIX = "update-image-tag-"
 
+# Every job stops after this long instead of the project's default (1 hour on gitlab.com).
+JOB_TIMEOUTS: dict[str, str] = {JOB_BUILD: "30 minutes", JOB_UPDATE_MANIFEST: "10 minutes", JOB_OPEN_MR: "5 minutes"}
+
 # Runner-side failures are worth a retry; script failures are not.
 RUNNER_RETRY_WHEN: tuple[str, ...] = (
     "runner_system_failure",
@@ -168,7 +171,11 @@ def build_script(spec: PipelineSpec) -> list[str]:
             " --local context=."
             " --local dockerfile=."
             ' --output "type=image,name=${IMAGE_REPOSITORY}:${IMAGE_TAG},push=true"'
-            ' --export-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache,mode=max"'
+            # The image records the commit it was built from, as the seed's pipeline did.
+            ' --opt "build-arg:COMMIT_HASH=${CI_COMMIT_SHORT_SHA}"'
+            ' --opt "label:org.opencontainers.image.revision=${CI_COMMIT_SHA}"'
+            # A cache that cannot be written must not fail a build whose image is pushed.
+            ' --export-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache,mode=max,ignore-error=true"'
             ' --import-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache"'
         ),
     ]
@@ -391,6 +398,7 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
         # Pipelines of consecutive commits must not push to the manifest at once.
         "resource_group": "manifest-update",
         "interruptible": False,
+        "timeout": JOB_TIMEOUTS[JOB_UPDATE_MANIFEST],
         "retry": _runner_retry(),
         "before_script": update_manifest_before_script(spec),
         "script": update_manifest_script(spec),
@@ -404,6 +412,7 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "variables": {"BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox"},
             "rules": _rules(),
             "interruptible": True,
+            "timeout": JOB_TIMEOUTS[JOB_BUILD],
             "retry": _runner_retry(),
             "script": build_script(spec),
         },
@@ -421,6 +430,7 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
         # The only job that receives GITLAB_PRIVATE_TOKEN.
         "environment": {"name": ENVIRONMENT_MERGE_REQUEST, "action": "prepare"},
         "interruptible": False,
+        "timeout": JOB_TIMEOUTS[JOB_OPEN_MR],
         "retry": _runner_retry(),
         "before_script": open_mr_before_script(spec),
         "script": open_mr_script(spec),

@@ -134,6 +134,13 @@ KEYS: tuple[Key, ...] = (
         default="120s",
     ),
     Key(
+        "argocdReconciliationJitter",
+        "string",
+        "Random delay Argo CD adds to each poll, spreading the load; Argo CD's default is 60s.",
+        "10s",
+        default="60s",
+    ),
+    Key(
         "argocdReadAdminPassword",
         "boolean",
         "Export the initial admin password; turn off once the bootstrap secret is deleted.",
@@ -256,6 +263,7 @@ class ArgoCdSettings:
     manifest_sha256: str
     external_url: str | None
     reconciliation_timeout: str
+    reconciliation_jitter: str
     read_admin_password: bool
 
 
@@ -501,12 +509,9 @@ def parse_settings(
         r.check("argocdExternalUrl", external_url, _https_url, "must be an https:// URL")
         external_url = external_url.rstrip("/")
     timeout = r.string("argocdReconciliationTimeout") or ""
-    r.check(
-        "argocdReconciliationTimeout",
-        timeout,
-        lambda v: _DURATION.match(v) is not None,
-        "must be a duration such as 120s, 5m or 1h",
-    )
+    jitter = r.string("argocdReconciliationJitter") or ""
+    for key, value in (("argocdReconciliationTimeout", timeout), ("argocdReconciliationJitter", jitter)):
+        r.check(key, value, lambda v: _DURATION.match(v) is not None, "must be a duration such as 120s, 5m or 1h")
 
     app_name = r.string("appName") or ""
     if not _DNS_1035.match(app_name) or len(app_name) > 53:
@@ -646,6 +651,7 @@ def parse_settings(
             manifest_sha256=sha or known or "",
             external_url=external_url,
             reconciliation_timeout=timeout,
+            reconciliation_jitter=jitter,
             read_admin_password=read_password,
         ),
         app=AppSettings(name=app_name, namespace=app_namespace, chart_path=chart_path, image_repository=image, port=port),

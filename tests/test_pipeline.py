@@ -155,6 +155,9 @@ def test_document_shape(mode: str) -> None:
         assert "only" not in document[job] and "except" not in document[job]
         assert document[job]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
         assert set(SECRET_VARIABLES).isdisjoint(document[job].get("variables", {}))
+        # Each job stops on its own deadline, well under the project's default hour.
+        minutes = int(re.fullmatch(r"(\d+) minutes", document[job]["timeout"]).group(1))  # type: ignore[union-attr]
+        assert 1 <= minutes <= 30
     build = document[JOB_BUILD]
     assert build["image"]["entrypoint"] == [""]
     assert re.fullmatch(r"moby/buildkit:v\d+\.\d+\.\d+-rootless", build["image"]["name"])
@@ -1004,7 +1007,7 @@ def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> No
         project_dir=project,
         home=home,
         secrets={"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN},
-        predefined={"CI_COMMIT_REF_SLUG": "main", "CI_COMMIT_SHORT_SHA": "1234abcd"},
+        predefined={"CI_COMMIT_REF_SLUG": "main", "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
         path_prefix=[str(stub_dir)],
     )
     assert runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
@@ -1023,6 +1026,10 @@ def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> No
     ) in pairs
     export = dict(pairs)["--export-cache"]
     assert export.startswith("type=registry,ref=docker.io/acme/webapp:buildcache")
+    # A failed cache export leaves the pushed image alone.
+    assert export.endswith(",ignore-error=true")
+    opts = [value for flag, value in pairs if flag == "--opt"]
+    assert opts == ["build-arg:COMMIT_HASH=1234abcd", "label:org.opencontainers.image.revision=1234abcd" + "0" * 32]
     assert dict(pairs)["--import-cache"] == "type=registry,ref=docker.io/acme/webapp:buildcache"
 
 
