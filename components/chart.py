@@ -14,6 +14,10 @@ from typing import Any
 import yaml
 
 CHART_VERSION = "0.1.0"
+# The seeded appVersion: no image has been built yet. While Chart.yaml still says this (and
+# values set no tag), the Deployment runs no pods, so the first sync is Synced and Healthy
+# instead of an ImagePullBackOff; CI's first bump starts them.
+UNRELEASED = "unreleased"
 
 # DNS-1035 label (the Service name must be one); 53 leaves room for a release-name prefix.
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,51}[a-z0-9])?$")
@@ -30,7 +34,7 @@ class ChartSpec:
 
     name: str
     image_repository: str
-    app_version: str = "0.1.0"
+    app_version: str = UNRELEASED
     container_port: int = 8080
     replicas: int = 1
     health_path: str = "/"
@@ -180,7 +184,12 @@ metadata:
   labels:
     {{- include "NAME.labels" . | nindent 4 }}
 spec:
+  {{- if and (eq .Chart.AppVersion "unreleased") (not .Values.image.tag) }}
+  # No image yet: the pipeline's first bump of appVersion starts the pods.
+  replicas: 0
+  {{- else }}
   replicas: {{ .Values.replicaCount }}
+  {{- end }}
   revisionHistoryLimit: 3
   selector:
     matchLabels:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.chart import ChartSpec, render_chart
+from components.chart import UNRELEASED, ChartSpec, render_chart
 from tests.tools import missing, require_tool
 
 KUBE_VERSION = "1.33"
@@ -156,10 +156,34 @@ def test_rendered_objects_are_valid_kubernetes(helm: ModuleType, kubernetes_vali
     assert_valid_kubernetes(kubernetes_validate, objects)
 
 
+def test_seeded_chart_runs_no_pods_until_the_first_bump(
+    helm: ModuleType, kubernetes_validate: ModuleType, tmp_path: Path
+) -> None:
+    # As the program seeds it: no image has been built, so Argo CD syncs a Deployment with no
+    # pods (Healthy) instead of one stuck pulling an image that does not exist.
+    seeded = ChartSpec(name="webapp", image_repository="docker.io/acme/webapp")
+    assert seeded.app_version == UNRELEASED
+    chart_dir = write_chart(seeded, tmp_path)
+    before = render(helm, chart_dir)
+    assert_valid_kubernetes(kubernetes_validate, before)
+    assert only(before, "Deployment")["spec"]["replicas"] == 0
+    sed_bump(chart_dir, "main-4f2a9c1e")
+    after = render(helm, chart_dir)
+    assert_valid_kubernetes(kubernetes_validate, after)
+    deployment = only(after, "Deployment")
+    assert deployment["spec"]["replicas"] == seeded.replicas == 1
+    assert container(after)["image"] == "docker.io/acme/webapp:main-4f2a9c1e"
+    # A tag pinned in values also counts as a real image.
+    assert (
+        only(render(helm, write_chart(seeded, tmp_path / "pinned"), {"image": {"tag": "v1"}}), "Deployment")["spec"]["replicas"]
+        == 1
+    )
+
+
 def test_deployment_runs_the_spec(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
     objects = render(helm, chart_dir)
     deployment = only(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == spec.replicas
+    assert deployment["spec"]["replicas"] == (0 if spec.app_version == UNRELEASED else spec.replicas)
     labels = deployment["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == spec.name
     assert labels["app.kubernetes.io/instance"] == RELEASE
