@@ -176,6 +176,7 @@ DeliveryPipeline(
         ready=[access, *([protections.app] if protections.app else [])],
         stack=settings.stack,
         enterprise=gitlab_host.enterprise,
+        build_runner_tags=settings.gitlab.build_runner_tags,
         retain=settings.gitlab.projects_on_destroy == "retain",
     ),
 )

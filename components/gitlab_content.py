@@ -151,6 +151,7 @@ class DeliveryPipelineArgs:
     ready: Sequence[pulumi.Resource]
     stack: str
     enterprise: bool
+    build_runner_tags: tuple[str, ...] = ()
     # projectsOnDestroy=retain: the pipeline branch keeps its protection.
     retain: bool = False
 
@@ -175,6 +176,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     manifest_default_branch=values[2],
                     chart_file=args.chart_file,
                     merge_request_via=args.merge_request_via,
+                    build_runner_tags=args.build_runner_tags,
                 )
             )
         )

@@ -102,6 +102,9 @@ class PipelineSpec:
     network_retries: int = 3
     retry_delay_seconds: int = 5
     merge_request_via: str = MERGE_REQUEST_VIA_API
+    # Runner tags for the build job, which needs a runner that allows BuildKit rootless
+    # (privileged, or seccomp and AppArmor unconfined); empty: any runner.
+    build_runner_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.merge_request_via not in MERGE_REQUEST_VIA:
@@ -125,6 +128,8 @@ class PipelineSpec:
             raise ValueError(f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}")
         if not self.bot_name.strip() or "@" not in self.bot_email:
             raise ValueError("bot_name and bot_email must identify the committer")
+        if any(not isinstance(tag, str) or not tag.strip() for tag in self.build_runner_tags):
+            raise ValueError("build_runner_tags must be non-empty strings")
         if self.network_retries < 1 or self.retry_delay_seconds < 0:
             raise ValueError("network_retries must be >= 1 and retry_delay_seconds >= 0")
         # It is spliced into a JSON document inside a printf format string.
@@ -415,6 +420,7 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "timeout": JOB_TIMEOUTS[JOB_BUILD],
             "retry": _runner_retry(),
             "script": build_script(spec),
+            **({"tags": list(spec.build_runner_tags)} if spec.build_runner_tags else {}),
         },
         JOB_UPDATE_MANIFEST: update_manifest,
     }

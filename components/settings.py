@@ -227,6 +227,13 @@ KEYS: tuple[Key, ...] = (
         "push-options",
         default="push-options",
     ),
+    Key(
+        "buildRunnerTags",
+        "array",
+        "Runner tags for the image build job (a runner that allows BuildKit rootless); empty: any runner.",
+        '["buildkit"]',
+        default=[],
+    ),
     Key("hideCiVariables", "boolean", "Also hide masked CI variables (GitLab 17.6 and later).", "false", default=False),
     Key("accessTokenExpiryDays", "integer", "Lifetime of the merge-request access token, in days.", "30", default=30),
     Key("accessTokenRotateBeforeDays", "integer", "Rotate the access token this many days before it expires.", "7", default=7),
@@ -297,6 +304,8 @@ class GitLabSettings:
     token_rotate_before_days: int
     # Access level that may merge into the manifest project's default branch.
     manifest_merge_access: str = "maintainer"
+    # Runner tags of the image build job.
+    build_runner_tags: tuple[str, ...] = ()
     # A bot account's API token that registers the deploy keys; None: the provider's own token.
     deploy_key_owner_token: SecretStr | None = None
 
@@ -569,6 +578,10 @@ def parse_settings(
         if not _KNOWN_HOSTS_LINE.match(line):
             r.bad("gitlabSshKnownHosts", f"has a line that is not a known_hosts entry: {line[:40]!r}")
     hide = r.boolean("hideCiVariables")
+    runner_tags = r.lines("buildRunnerTags")
+    for tag in runner_tags:
+        if len(tag) > 255 or "," in tag:
+            r.bad("buildRunnerTags", f"has a tag GitLab cannot hold: {tag[:40]!r}")
     via = r.string("mergeRequestVia") or ""
     r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
     expiry = r.integer("accessTokenExpiryDays", 2)
@@ -668,6 +681,7 @@ def parse_settings(
             token_expiry_days=expiry,
             token_rotate_before_days=rotate_before,
             manifest_merge_access=merge_access,
+            build_runner_tags=runner_tags,
             deploy_key_owner_token=SecretStr(key_owner_token) if key_owner_token else None,
         ),
         registry=RegistrySettings(user=user or "", token=SecretStr(token or "")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 
 from components.gitlab_host import PIPELINE_FILE
@@ -301,3 +302,10 @@ def test_port_forward_names_the_pinned_context(program: Callable[..., Run], dev:
     )
     unpinned = program({"kubeContext": ""})
     assert unpinned.outputs["argocdPortForward"]["value"] == "kubectl port-forward svc/argocd-server -n argocd 8080:443"
+
+
+def test_build_runner_tags_reach_the_committed_pipeline(program: Callable[..., Run], dev: Run) -> None:
+    run = program({"buildRunnerTags": '["buildkit"]'})
+    document = yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])
+    assert document["build-image"]["tags"] == ["buildkit"]
+    assert "tags" not in yaml.safe_load(dev.named("pipeline-file")["inputs"]["content"])["build-image"]

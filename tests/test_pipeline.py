@@ -1105,3 +1105,12 @@ def test_gitlab_ci_local_shell_run_with_push_options(tmp_path: Path, ssh_server:
     assert chart_at(manifest.bare, f"{BRANCH_PREFIX}{tag}")["appVersion"] == tag
     assert pushes_logged(log) == [expected_push_options(tag)]
     assert mr_api.requests == []
+
+
+def test_build_runner_tags_go_to_the_build_job_only() -> None:
+    document = yaml.safe_load(render_pipeline(make_spec(build_runner_tags=("buildkit", "privileged"))))
+    assert document[JOB_BUILD]["tags"] == ["buildkit", "privileged"]
+    assert "tags" not in document[JOB_UPDATE_MANIFEST]
+    assert "tags" not in yaml.safe_load(render_pipeline(make_spec()))[JOB_BUILD]
+    with pytest.raises(ValueError, match="build_runner_tags"):
+        make_spec(build_runner_tags=(" ",))
