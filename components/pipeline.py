@@ -29,6 +29,8 @@ STAGE_OPEN_MR = "open-mr"
 STAGES: tuple[str, ...] = (STAGE_BUILD, STAGE_UPDATE_MANIFEST, STAGE_OPEN_MR)
 
 JOB_BUILD = "build-image"
+# Merge-request pipelines: build the image to catch a broken Dockerfile before merge; push nothing.
+JOB_BUILD_CHECK = "build-check"
 JOB_UPDATE_MANIFEST = "update-manifest"
 JOB_OPEN_MR = "open-merge-request"
 JOBS: tuple[str, ...] = (JOB_BUILD, JOB_UPDATE_MANIFEST, JOB_OPEN_MR)
@@ -68,11 +70,17 @@ MANIFEST_DOTENV = "manifest.env"
 PUSH_OPTIONS_ERROR = "Error encountered with push options"
 
 DEFAULT_BRANCH_RULE = "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
+MERGE_REQUEST_RULE = '$CI_PIPELINE_SOURCE == "merge_request_event"'
 IMAGE_TAG_EXPRESSION = "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
 BRANCH_PREFIX = "update-image-tag-"
 
 # Every job stops after this long instead of the project's default (1 hour on gitlab.com).
-JOB_TIMEOUTS: dict[str, str] = {JOB_BUILD: "30 minutes", JOB_UPDATE_MANIFEST: "10 minutes", JOB_OPEN_MR: "5 minutes"}
+JOB_TIMEOUTS: dict[str, str] = {
+    JOB_BUILD: "30 minutes",
+    JOB_BUILD_CHECK: "30 minutes",
+    JOB_UPDATE_MANIFEST: "10 minutes",
+    JOB_OPEN_MR: "5 minutes",
+}
 
 # Runner-side failures are worth a retry; script failures are not.
 RUNNER_RETRY_WHEN: tuple[str, ...] = (
@@ -161,6 +169,23 @@ def _check_tag() -> str:
     return 'case "$IMAGE_TAG" in ""|*[!A-Za-z0-9_.-]*) echo "IMAGE_TAG is not a valid image tag: $IMAGE_TAG" >&2; exit 1;; esac'
 
 
+def _buildctl(push: bool) -> str:
+    line = (
+        "buildctl-daemonless.sh build"
+        " --frontend dockerfile.v0"
+        " --local context=."
+        " --local dockerfile=."
+        f' --output "type=image,name=${{IMAGE_REPOSITORY}}:${{IMAGE_TAG}},push={str(push).lower()}"'
+        # The image records the commit it was built from, as the seed's pipeline did.
+        ' --opt "build-arg:COMMIT_HASH=${CI_COMMIT_SHORT_SHA}"'
+        ' --opt "label:org.opencontainers.image.revision=${CI_COMMIT_SHA}"'
+    )
+    if push:
+        # A cache that cannot be written must not fail a build whose image is pushed.
+        line += ' --export-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache,mode=max,ignore-error=true"'
+    return line + ' --import-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache"'
+
+
 def build_script(spec: PipelineSpec) -> list[str]:
     """Script lines of the image build job."""
     auth = f'{{"auths":{{"{spec.registry_auth_url}":{{"auth":"%s"}}}}}}\\n'
@@ -170,20 +195,13 @@ def build_script(spec: PipelineSpec) -> list[str]:
         'mkdir -p "$HOME/.docker"',
         # printf is a shell builtin: the token is neither echoed nor on a process command line.
         f'printf \'{auth}\' "$DOCKERHUB_TOKEN" > "$HOME/.docker/config.json"',
-        (
-            "buildctl-daemonless.sh build"
-            " --frontend dockerfile.v0"
-            " --local context=."
-            " --local dockerfile=."
-            ' --output "type=image,name=${IMAGE_REPOSITORY}:${IMAGE_TAG},push=true"'
-            # The image records the commit it was built from, as the seed's pipeline did.
-            ' --opt "build-arg:COMMIT_HASH=${CI_COMMIT_SHORT_SHA}"'
-            ' --opt "label:org.opencontainers.image.revision=${CI_COMMIT_SHA}"'
-            # A cache that cannot be written must not fail a build whose image is pushed.
-            ' --export-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache,mode=max,ignore-error=true"'
-            ' --import-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache"'
-        ),
+        _buildctl(push=True),
     ]
+
+
+def build_check_script(spec: PipelineSpec) -> list[str]:
+    """Script lines of the merge-request build check: the same build, no credentials, no push."""
+    return [_check_tag(), _buildctl(push=False)]
 
 
 def _shared_before_script(tools: str, packages: str) -> list[str]:
@@ -379,8 +397,13 @@ def pipeline_stages(spec: PipelineSpec) -> tuple[str, ...]:
 
 
 def pipeline_jobs(spec: PipelineSpec) -> tuple[str, ...]:
-    """The pipeline's jobs, in stage order: no merge request job with push options."""
+    """The default branch's jobs, in stage order: no merge request job with push options."""
     return JOBS if _via_api(spec) else (JOB_BUILD, JOB_UPDATE_MANIFEST)
+
+
+def merge_request_jobs(spec: PipelineSpec) -> tuple[str, ...]:
+    """The jobs of merge-request pipelines."""
+    return (JOB_BUILD_CHECK,)
 
 
 def required_variables(spec: PipelineSpec) -> tuple[str, ...]:
@@ -408,21 +431,44 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
         "before_script": update_manifest_before_script(spec),
         "script": update_manifest_script(spec),
     }
+
+    # Fresh dicts and lists per job keep PyYAML from emitting anchors and aliases.
+    def build_image() -> dict[str, Any]:
+        return {"name": spec.buildkit_image, "entrypoint": [""]}
+
+    def build_variables() -> dict[str, str]:
+        return {"BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox"}
+
+    def runner_tags() -> dict[str, list[str]]:
+        return {"tags": list(spec.build_runner_tags)} if spec.build_runner_tags else {}
+
     document: dict[str, Any] = {
         "stages": list(pipeline_stages(spec)),
         "variables": pipeline_variables(spec),
         JOB_BUILD: {
             "stage": STAGE_BUILD,
-            "image": {"name": spec.buildkit_image, "entrypoint": [""]},
-            "variables": {"BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox"},
+            "image": build_image(),
+            "variables": build_variables(),
             "rules": _rules(),
             "interruptible": True,
             "timeout": JOB_TIMEOUTS[JOB_BUILD],
             "retry": _runner_retry(),
             "script": build_script(spec),
-            **({"tags": list(spec.build_runner_tags)} if spec.build_runner_tags else {}),
+            **runner_tags(),
         },
         JOB_UPDATE_MANIFEST: update_manifest,
+        JOB_BUILD_CHECK: {
+            "stage": STAGE_BUILD,
+            "image": build_image(),
+            "variables": build_variables(),
+            # Merge requests only; the job reads no CI/CD variable and pushes nothing.
+            "rules": [{"if": MERGE_REQUEST_RULE}],
+            "interruptible": True,
+            "timeout": JOB_TIMEOUTS[JOB_BUILD_CHECK],
+            "retry": _runner_retry(),
+            "script": build_check_script(spec),
+            **runner_tags(),
+        },
     }
     if not _via_api(spec):
         return document
@@ -453,7 +499,8 @@ def job_environment(spec: PipelineSpec, job: str) -> str | None:
 def job_scripts(spec: PipelineSpec) -> dict[str, list[str]]:
     """Each job's shell lines as a runner executes them: before_script then script."""
     document = pipeline_document(spec)
-    return {job: [*document[job].get("before_script", []), *document[job]["script"]] for job in pipeline_jobs(spec)}
+    jobs = (*pipeline_jobs(spec), *merge_request_jobs(spec))
+    return {job: [*document[job].get("before_script", []), *document[job]["script"]] for job in jobs}
 
 
 def render_pipeline(spec: PipelineSpec) -> str:

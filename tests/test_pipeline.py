@@ -33,6 +33,7 @@ from components.pipeline import (
     ENVIRONMENT_MANIFEST,
     ENVIRONMENT_MERGE_REQUEST,
     JOB_BUILD,
+    JOB_BUILD_CHECK,
     JOB_OPEN_MR,
     JOB_UPDATE_MANIFEST,
     JOBS,
@@ -42,6 +43,7 @@ from components.pipeline import (
     STAGES,
     PipelineSpec,
     job_scripts,
+    merge_request_jobs,
     pipeline_jobs,
     pipeline_stages,
     render_pipeline,
@@ -74,7 +76,9 @@ EXPECTED_VARIABLES: dict[str, set[str]] = {
     API: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS", "GITLAB_PRIVATE_TOKEN"},
     PUSH_OPTIONS: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"},
 }
-MODE_JOBS = [(mode, job) for mode, jobs in EXPECTED_JOBS.items() for job, _ in jobs]
+# Merge-request pipelines, in both modes.
+EXPECTED_MR_JOBS: list[tuple[str, str]] = [("build-check", "build")]
+MODE_JOBS = [(mode, job) for mode, jobs in EXPECTED_JOBS.items() for job, _ in [*jobs, *EXPECTED_MR_JOBS]]
 
 
 def make_spec(**overrides: Any) -> PipelineSpec:
@@ -142,7 +146,17 @@ def test_document_shape(mode: str) -> None:
     assert document["stages"] == [stage for _, stage in EXPECTED_JOBS[mode]]
     assert list(pipeline_stages(spec)) == document["stages"]
     assert list(pipeline_jobs(spec)) == expected_jobs
-    assert [key for key in document if key not in ("stages", "variables")] == expected_jobs
+    mr_jobs = [job for job, _ in EXPECTED_MR_JOBS]
+    assert [key for key in document if key not in ("stages", "variables", *mr_jobs)] == expected_jobs
+    assert list(merge_request_jobs(spec)) == mr_jobs
+    check = document[JOB_BUILD_CHECK]
+    assert check["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert check["image"] == document[JOB_BUILD]["image"] and check["stage"] == "build"
+    # No credential, no push, no environment.
+    check_text = "\n".join(check["script"])
+    assert "push=false" in check_text and "push=true" not in check_text and "--export-cache" not in check_text
+    assert not any(f"${name}" in check_text or f"${{{name}}}" in check_text for name in SECRET_VARIABLES)
+    assert "environment" not in check
     variables = document["variables"]
     assert variables["IMAGE_TAG"] == "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
     assert variables["IMAGE_REPOSITORY"] == "docker.io/acme/webapp"
@@ -151,9 +165,10 @@ def test_document_shape(mode: str) -> None:
     assert variables["MANIFEST_DEFAULT_BRANCH"] == "main"
     assert variables["CHART_FILE"] == "Chart.yaml"
     assert not set(SECRET_VARIABLES) & set(variables)
-    for job in expected_jobs:
+    for job in [*expected_jobs, *mr_jobs]:
         assert "only" not in document[job] and "except" not in document[job]
-        assert document[job]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+        if job in expected_jobs:
+            assert document[job]["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
         assert set(SECRET_VARIABLES).isdisjoint(document[job].get("variables", {}))
         # Each job stops on its own deadline, well under the project's default hour.
         minutes = int(re.fullmatch(r"(\d+) minutes", document[job]["timeout"]).group(1))  # type: ignore[union-attr]
@@ -364,7 +379,8 @@ def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, ci_mod
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     assert out.strip().splitlines()[1:] == []
     everything = json.loads(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json"))
-    assert {job["name"]: job["when"] for job in everything} == {job: "never" for job, _ in EXPECTED_JOBS[ci_mode]}
+    expected = {job: "never" for job, _ in [*EXPECTED_JOBS[ci_mode], *EXPECTED_MR_JOBS]}
+    assert {job["name"]: job["when"] for job in everything} == expected
 
 
 def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
@@ -1114,3 +1130,43 @@ def test_build_runner_tags_go_to_the_build_job_only() -> None:
     assert "tags" not in yaml.safe_load(render_pipeline(make_spec()))[JOB_BUILD]
     with pytest.raises(ValueError, match="build_runner_tags"):
         make_spec(build_runner_tags=(" ",))
+
+
+def test_gitlab_ci_local_runs_only_the_build_check_for_merge_requests(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
+    git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
+    args = ["--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--variable", "CI_MERGE_REQUEST_IID=7"]
+    out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json", *args)
+    # A warning about the overridden predefined variable comes first, on stdout.
+    everything = json.loads(out[out.index("\n[") + 1 :] if not out.startswith("[") else out)
+    running = {job["name"] for job in everything if job["when"] != "never"}
+    assert running == {job for job, _ in EXPECTED_MR_JOBS}
+
+
+def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
+    """Runs the merge-request build check with a recording stand-in for buildctl-daemonless.sh."""
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    record = tmp_path / "buildctl-args"
+    stub = stub_dir / "buildctl-daemonless.sh"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nenv > "{record}.env"\n')
+    stub.chmod(0o755)
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    runner = Runner(
+        spec=make_spec(),
+        project_dir=project,
+        home=home,
+        secrets={},
+        predefined={"CI_COMMIT_REF_SLUG": "feature-x", "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
+        path_prefix=[str(stub_dir)],
+    )
+    check = runner.run(JOB_BUILD_CHECK)
+    assert check.returncode == 0, check.stderr
+    pairs = dict(zip(record.read_text().splitlines()[1::2], record.read_text().splitlines()[2::2], strict=False))
+    assert pairs["--output"] == "type=image,name=docker.io/acme/webapp:feature-x-1234abcd,push=false"
+    assert "--export-cache" not in pairs
+    # No registry login was written, and no deploy credential was in its environment.
+    assert not (home / ".docker" / "config.json").exists()
+    names = {line.split("=", 1)[0] for line in Path(f"{record}.env").read_text().splitlines() if "=" in line}
+    assert not names & set(SECRET_VARIABLES)
