@@ -1000,32 +1000,42 @@ def test_open_mr_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_ap
 # --------------------------------------------------------------------------- build job
 
 
-def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> None:
-    """Runs the build script with a recording stand-in for buildctl-daemonless.sh."""
+def buildctl_stub(tmp_path: Path, *lines: str) -> Path:
+    """A PATH directory whose buildctl-daemonless.sh only runs ``lines``: a recording stand-in."""
     stub_dir = tmp_path / "bin"
     stub_dir.mkdir()
-    record = tmp_path / "buildctl-args"
-    config_copy = tmp_path / "config-copy.json"
     stub = stub_dir / "buildctl-daemonless.sh"
-    stub.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > "{record}"\n'
-        f'cp "$HOME/.docker/config.json" "{config_copy}"\n'
-        f'stat -c %a "$HOME/.docker/config.json" > "{record}.mode"\n'
-    )
+    stub.write_text("#!/bin/sh\n" + "".join(f"{line}\n" for line in lines))
     stub.chmod(0o755)
-    project = tmp_path / "project"
-    home = tmp_path / "home"
+    return stub_dir
+
+
+def build_runner(tmp_path: Path, stub_dir: Path, secrets: dict[str, str], ref_slug: str) -> Runner:
+    """A runner for the build jobs of commit 1234abcd on ``ref_slug``, with the stand-in first on PATH."""
+    project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
     home.mkdir()
-    runner = Runner(
+    return Runner(
         spec=make_spec(),
         project_dir=project,
         home=home,
-        secrets={"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN},
-        predefined={"CI_COMMIT_REF_SLUG": "main", "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
+        secrets=secrets,
+        predefined={"CI_COMMIT_REF_SLUG": ref_slug, "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
         path_prefix=[str(stub_dir)],
     )
+
+
+def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> None:
+    """Runs the build script with a recording stand-in for buildctl-daemonless.sh."""
+    record = tmp_path / "buildctl-args"
+    config_copy = tmp_path / "config-copy.json"
+    stub_dir = buildctl_stub(
+        tmp_path,
+        f'printf "%s\\n" "$@" > "{record}"',
+        f'cp "$HOME/.docker/config.json" "{config_copy}"',
+        f'stat -c %a "$HOME/.docker/config.json" > "{record}.mode"',
+    )
+    runner = build_runner(tmp_path, stub_dir, {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN}, "main")
     assert runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     build = runner.run(JOB_BUILD)
     assert build.returncode == 0, build.stderr
@@ -1144,23 +1154,10 @@ def test_gitlab_ci_local_runs_only_the_build_check_for_merge_requests(ci_checkou
 
 def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
     """Runs the merge-request build check with a recording stand-in for buildctl-daemonless.sh."""
-    stub_dir = tmp_path / "bin"
-    stub_dir.mkdir()
     record = tmp_path / "buildctl-args"
-    stub = stub_dir / "buildctl-daemonless.sh"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nenv > "{record}.env"\n')
-    stub.chmod(0o755)
-    project, home = tmp_path / "project", tmp_path / "home"
-    project.mkdir()
-    home.mkdir()
-    runner = Runner(
-        spec=make_spec(),
-        project_dir=project,
-        home=home,
-        secrets={},
-        predefined={"CI_COMMIT_REF_SLUG": "feature-x", "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
-        path_prefix=[str(stub_dir)],
-    )
+    stub_dir = buildctl_stub(tmp_path, f'printf "%s\\n" "$@" > "{record}"', f'env > "{record}.env"')
+    runner = build_runner(tmp_path, stub_dir, {}, "feature-x")
+    home = runner.home
     check = runner.run(JOB_BUILD_CHECK)
     assert check.returncode == 0, check.stderr
     pairs = dict(zip(record.read_text().splitlines()[1::2], record.read_text().splitlines()[2::2], strict=False))

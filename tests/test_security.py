@@ -40,7 +40,7 @@ from components.settings import SettingsError, parse_settings
 from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config
 from tests.test_chart import render, write_chart
 from tests.test_cluster import K8S_VERSION, _crd_schemas
-from tests.test_pipeline import _gitlab_ci_local, app_repo, make_spec
+from tests.test_pipeline import _gitlab_ci_local, app_repo, buildctl_stub, make_spec
 from tests.tools import require_tool
 
 API = {"mergeRequestVia": "api"}
@@ -363,12 +363,8 @@ def test_gitlab_ci_local_runs_the_build_without_deploy_secrets(api: Run, tmp_pat
     require_tool("rsync")
     app, _ = app_repo(tmp_path, make_spec(merge_request_via="api"))
     (app / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump(gcl_variables(api)))
-    stub_dir = tmp_path / "bin"
-    stub_dir.mkdir()
     seen = tmp_path / "build-env"
-    stub = stub_dir / "buildctl-daemonless.sh"
-    stub.write_text(f'#!/bin/sh\nenv > "{seen}"\n')
-    stub.chmod(0o755)
+    stub_dir = buildctl_stub(tmp_path, f'env > "{seen}"')
     home = tmp_path / "home"
     old_path = os.environ["PATH"]
     os.environ["PATH"] = f"{stub_dir}:{old_path}"
