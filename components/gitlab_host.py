@@ -32,14 +32,20 @@ class ProjectRecord:
     default_branch_merge: tuple[str, ...] | None = None
 
 
+# Each project's config keys: the path to create it under, and the project to adopt instead.
+PROJECT_KEYS: dict[str, tuple[str, str]] = {
+    "app": ("appProject", "adoptAppProject"),
+    "manifest": ("manifestProject", "adoptManifestProject"),
+}
+ADOPT_APP, ADOPT_MANIFEST = PROJECT_KEYS["app"][1], PROJECT_KEYS["manifest"][1]
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """The instance's edition, the namespace created projects go to, and existing projects."""
 
     enterprise: bool
-    # Full path of the namespace created projects land in (the group, or the token owner's).
-    namespace: str
-    # The group's id, or None for the token owner's namespace.
+    # The group's id created projects land in, or None for the token owner's namespace.
     namespace_id: int | None = None
     # Adopted projects by config key (adoptAppProject / adoptManifestProject).
     adopted: Mapping[str, ProjectRecord] = field(default_factory=dict)
@@ -50,9 +56,9 @@ class HostFacts:
 def created_paths(gitlab: GitLabSettings, namespace: str) -> dict[str, str]:
     """Full paths of the projects this stack creates, by the config key that names them."""
     paths: dict[str, str] = {}
-    for key, project in (("appProject", gitlab.app_project), ("manifestProject", gitlab.manifest_project)):
+    for which, project in (("app", gitlab.app_project), ("manifest", gitlab.manifest_project)):
         if not project.adopted:
-            paths[key] = f"{namespace}/{project.path}"
+            paths[PROJECT_KEYS[which][0]] = f"{namespace}/{project.path}"
     return paths
 
 
@@ -80,7 +86,7 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
             )
         )
     for key, record in facts.archived_at_path.items():
-        adopt_key = "adoptAppProject" if key == "appProject" else "adoptManifestProject"
+        adopt_key = next(adopt for path_key, adopt in PROJECT_KEYS.values() if path_key == key)
         path = record.path_with_namespace.rsplit("/", 1)[-1]
         problems.append(
             Problem(
@@ -127,7 +133,7 @@ def ci_config_path(manifest_path_with_namespace: str, stack: str) -> str:
 def adoption_warnings(facts: HostFacts) -> list[str]:
     """Where an adopted project's own settings leave the deploy gate open (the program changes none of them)."""
     warnings: list[str] = []
-    manifest = facts.adopted.get("adoptManifestProject")
+    manifest = facts.adopted.get(ADOPT_MANIFEST)
     if manifest is not None:
         name = manifest.path_with_namespace
         if manifest.default_branch_push is None:
@@ -138,7 +144,7 @@ def adoption_warnings(facts: HostFacts) -> list[str]:
                 warnings.append(f"{name}: {pushers} may push straight to its default branch, which Argo CD deploys")
             if "developer" in (manifest.default_branch_merge or ()):
                 warnings.append(f"{name}: developers may merge into its default branch, so a deploy needs no maintainer")
-    app = facts.adopted.get("adoptAppProject")
+    app = facts.adopted.get(ADOPT_APP)
     if app is not None:
         name = app.path_with_namespace
         if not app.ci_config_path:

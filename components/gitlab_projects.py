@@ -8,10 +8,16 @@ from typing import Any
 import pulumi
 import pulumi_gitlab as gitlab
 
-from components.gitlab_host import HostFacts, ProjectRecord, ci_config_path, created_paths
+from components.gitlab_host import (
+    ADOPT_APP,
+    ADOPT_MANIFEST,
+    PROJECT_KEYS,
+    HostFacts,
+    ProjectRecord,
+    ci_config_path,
+    created_paths,
+)
 from components.settings import GitLabSettings, ProjectSettings
-
-ADOPT_KEYS = {"app": "adoptAppProject", "manifest": "adoptManifestProject"}
 
 
 def _record(found: Any, protected: Any = None) -> ProjectRecord:
@@ -47,7 +53,7 @@ def read_host(args: GitLabSettings) -> HostFacts:
     # `enterprise` decides BranchProtection's arguments (see gitlab_host.protection_args).
     enterprise = bool(gitlab.get_metadata().enterprise)
     adopted = {
-        ADOPT_KEYS[which]: _adopted(project.adopt)
+        PROJECT_KEYS[which][1]: _adopted(project.adopt)
         for which, project in (("app", args.app_project), ("manifest", args.manifest_project))
         if project.adopt is not None
     }
@@ -70,9 +76,7 @@ def read_host(args: GitLabSettings) -> HostFacts:
             for found in listed:
                 if found.path_with_namespace.lower() == full_path.lower():
                     archived[key] = _record(found)
-    return HostFacts(
-        enterprise=enterprise, namespace=namespace, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived
-    )
+    return HostFacts(enterprise=enterprise, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class GitLabProjects(pulumi.ComponentResource):
             "Helm chart that Argo CD deploys; changed only through merge requests.",
             args.manifest_project,
             args,
-            host.adopted.get(ADOPT_KEYS["manifest"]),
+            host.adopted.get(ADOPT_MANIFEST),
             host.namespace_id,
         )
         self.app = self._project(
@@ -113,7 +117,7 @@ class GitLabProjects(pulumi.ComponentResource):
             "Application source; its pipeline builds the image.",
             args.app_project,
             args,
-            host.adopted.get(ADOPT_KEYS["app"]),
+            host.adopted.get(ADOPT_APP),
             host.namespace_id,
             {
                 # The pipeline is read from the manifest project, where only maintainers change it.

@@ -287,7 +287,7 @@ def test_adopted_projects_are_warned_about_not_changed() -> None:
         "2", "acme/chart", "", "", "main", False, default_branch_push=("maintainer",), default_branch_merge=("developer",)
     )
     warnings = adoption_warnings(
-        HostFacts(enterprise=True, namespace="acme", adopted={"adoptAppProject": open_app, "adoptManifestProject": open_manifest})
+        HostFacts(enterprise=True, adopted={"adoptAppProject": open_app, "adoptManifestProject": open_manifest})
     )
     assert len(warnings) == 5
     closed_app = ProjectRecord(
@@ -306,10 +306,7 @@ def test_adopted_projects_are_warned_about_not_changed() -> None:
         "2", "acme/chart", "", "", "main", False, default_branch_push=("no one",), default_branch_merge=("maintainer",)
     )
     assert (
-        adoption_warnings(
-            HostFacts(True, "acme", adopted={"adoptAppProject": closed_app, "adoptManifestProject": closed_manifest})
-        )
-        == []
+        adoption_warnings(HostFacts(True, adopted={"adoptAppProject": closed_app, "adoptManifestProject": closed_manifest})) == []
     )
 
 
