@@ -1,10 +1,9 @@
-"""The starter chart lints, renders with real Helm, and follows an appVersion bump done by sed."""
+"""The starter chart lints, renders with real Helm, and follows a release written by the pipeline's own lines."""
 
 from __future__ import annotations
 
 import importlib
 import re
-import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.chart import UNRELEASED, ChartSpec, render_chart
-from tests.tools import missing, require_tool
+from components.chart import COMMIT_ANNOTATION, DIGEST_ANNOTATION, UNRELEASED, ChartSpec, render_chart, starter_chart_files
+from tests.tools import bump_chart, missing
 
 KUBE_VERSION = "1.33"
 RELEASE = "webapp"
@@ -61,18 +60,13 @@ def write_chart(spec: ChartSpec, root: Path) -> Path:
     return chart_dir
 
 
-def sed_bump(chart_dir: Path, tag: str) -> None:
-    """Rewrite appVersion the way the app pipeline's job does."""
-    sed = require_tool("sed")
-    subprocess.run(
-        [
-            sed,
-            "-i",
-            f's/^appVersion:.*/appVersion: "{tag}"/',
-            str(chart_dir / "Chart.yaml"),
-        ],
-        check=True,
-    )
+DIGEST = "sha256:" + "4f" * 32
+COMMIT = "4f2a9c1e" + "0" * 32
+
+
+def release(chart_dir: Path, tag: str, digest: str = DIGEST) -> None:
+    """Write a build into the chart the way the app pipeline's job does."""
+    bump_chart(chart_dir / "Chart.yaml", tag, digest, COMMIT)
 
 
 def render(
@@ -136,6 +130,7 @@ def test_values_leave_the_tag_to_app_version(spec: ChartSpec) -> None:
     assert values["image"] == {
         "repository": spec.image_repository,
         "tag": "",
+        "digest": "",
         "pullPolicy": "IfNotPresent",
     }
     assert values["replicaCount"] == spec.replicas
@@ -167,12 +162,14 @@ def test_seeded_chart_runs_no_pods_until_the_first_bump(
     before = render(helm, chart_dir)
     assert_valid_kubernetes(kubernetes_validate, before)
     assert only(before, "Deployment")["spec"]["replicas"] == 0
-    sed_bump(chart_dir, "main-4f2a9c1e")
+    release(chart_dir, "main-4f2a9c1e")
     after = render(helm, chart_dir)
     assert_valid_kubernetes(kubernetes_validate, after)
     deployment = only(after, "Deployment")
     assert deployment["spec"]["replicas"] == seeded.replicas == 1
-    assert container(after)["image"] == "docker.io/acme/webapp:main-4f2a9c1e"
+    # Pinned to the digest the build pushed; the tag stays readable.
+    assert container(after)["image"] == f"docker.io/acme/webapp:main-4f2a9c1e@{DIGEST}"
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "main-4f2a9c1e"
     # A tag pinned in values also counts as a real image.
     assert (
         only(render(helm, write_chart(seeded, tmp_path / "pinned"), {"image": {"tag": "v1"}}), "Deployment")["spec"]["replicas"]
@@ -220,7 +217,7 @@ def test_service_routes_to_the_pods(helm: ModuleType, chart_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("tag", ["1.2.3", "4f2a9c1e", "2.0"])
-def test_sed_bump_changes_the_image(
+def test_release_changes_the_image(
     helm: ModuleType,
     kubernetes_validate: ModuleType,
     spec: ChartSpec,
@@ -230,24 +227,64 @@ def test_sed_bump_changes_the_image(
     before = container(render(helm, chart_dir))["image"]
     assert before == f"{spec.image_repository}:{spec.app_version}"
 
-    sed_bump(chart_dir, tag)
+    release(chart_dir, tag)
 
     chart_yaml = (chart_dir / "Chart.yaml").read_text()
-    assert yaml.safe_load(chart_yaml)["appVersion"] == tag
+    meta = yaml.safe_load(chart_yaml)
+    assert meta["appVersion"] == tag
+    assert meta["annotations"] == {DIGEST_ANNOTATION: DIGEST, COMMIT_ANNOTATION: COMMIT}
     assert helm.lint(str(chart_dir), strict=True)["errors"] == []
     objects = render(helm, chart_dir)
     assert_valid_kubernetes(kubernetes_validate, objects)
-    assert container(objects)["image"] == f"{spec.image_repository}:{tag}"
+    assert container(objects)["image"] == f"{spec.image_repository}:{tag}@{DIGEST}"
     assert only(objects, "Deployment")["metadata"]["labels"]["app.kubernetes.io/version"] == tag
     # Nothing else in Chart.yaml moved.
     original = render_chart(spec)["Chart.yaml"].splitlines()
     changed = [(a, b) for a, b in zip(original, chart_yaml.splitlines(), strict=True) if a != b]
-    assert changed == [(f'appVersion: "{spec.app_version}"', f'appVersion: "{tag}"')]
+    assert changed == [
+        (f'appVersion: "{spec.app_version}"', f'appVersion: "{tag}"'),
+        (f'  {DIGEST_ANNOTATION}: ""', f'  {DIGEST_ANNOTATION}: "{DIGEST}"'),
+        (f'  {COMMIT_ANNOTATION}: ""', f'  {COMMIT_ANNOTATION}: "{COMMIT}"'),
+    ]
+    # A second release replaces the first in place.
+    release(chart_dir, "2.0.1", "sha256:" + "ab" * 32)
+    assert container(render(helm, chart_dir))["image"] == f"{spec.image_repository}:2.0.1@sha256:{'ab' * 32}"
+    assert len((chart_dir / "Chart.yaml").read_text().splitlines()) == len(original)
 
 
 def test_values_tag_overrides_app_version(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
+    release(chart_dir, "main-1")
+    # The recorded digest belongs to appVersion's tag: a tag from values drops it.
     objects = render(helm, chart_dir, {"image": {"tag": "pinned"}})
     assert container(objects)["image"] == f"{spec.image_repository}:pinned"
+    objects = render(helm, chart_dir, {"image": {"tag": "pinned", "digest": "sha256:" + "cd" * 32}})
+    assert container(objects)["image"] == f"{spec.image_repository}:pinned@sha256:{'cd' * 32}"
+
+
+def test_release_adds_missing_annotations(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
+    # A chart seeded before digests were recorded has no annotations block.
+    chart = chart_dir / "Chart.yaml"
+    lines = chart.read_text().splitlines()
+    chart.write_text("\n".join(line for line in lines if "gitops-bootstrap/" not in line and line != "annotations:") + "\n")
+    assert "annotations" not in (yaml.safe_load(chart.read_text()) or {})
+    release(chart_dir, "main-2")
+    assert yaml.safe_load(chart.read_text())["annotations"] == {DIGEST_ANNOTATION: DIGEST, COMMIT_ANNOTATION: COMMIT}
+    assert container(render(helm, chart_dir))["image"] == f"{spec.image_repository}:main-2@{DIGEST}"
+
+
+def test_starter_chart_files_are_the_rendered_chart() -> None:
+    # The files under starter/chart are what a reader and `helm lint` see; the program only renames.
+    on_disk = starter_chart_files()
+    rendered = render_chart(ChartSpec(name="starter", image_repository="docker.io/example/starter"))
+    assert rendered == on_disk
+    assert set(on_disk) == {
+        "Chart.yaml",
+        "values.yaml",
+        ".helmignore",
+        "templates/_helpers.tpl",
+        "templates/deployment.yaml",
+        "templates/service.yaml",
+    }
 
 
 def test_no_secret_like_values(spec: ChartSpec) -> None:

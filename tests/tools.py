@@ -54,3 +54,22 @@ def readme_blocks(section: str | None = None) -> list[str]:
     if section is not None:
         text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def bump_chart(chart_file: Path, tag: str, digest: str, commit: str) -> None:
+    """Write a build into a Chart.yaml with the app pipeline's own release lines, run by sh."""
+    import subprocess
+
+    from components.pipeline import chart_helpers, release_lines
+
+    script = "\n".join([*chart_helpers(), *release_lines()]) + "\n"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CHART": str(chart_file),
+        "WORK_DIR": str(chart_file.parent),
+        "IMAGE_TAG": tag,
+        "IMAGE_DIGEST": digest,
+        "CI_COMMIT_SHA": commit,
+    }
+    result = subprocess.run(["sh", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"the release lines failed on {chart_file}: {result.stderr}"
