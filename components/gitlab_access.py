@@ -155,7 +155,7 @@ class GitLabAccess(pulumi.ComponentResource):
                     project=app_id,
                     key=API_TOKEN_VARIABLE,
                     value=token_value,
-                    # Only the job that declares this environment (open-merge-request) receives it.
+                    # Only the job that declares this environment (update-manifest) receives it.
                     environment_scope=VARIABLE_ENVIRONMENTS[API_TOKEN_VARIABLE],
                     masked=True,
                     protected=True,

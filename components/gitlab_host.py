@@ -51,6 +51,23 @@ class HostFacts:
     adopted: Mapping[str, ProjectRecord] = field(default_factory=dict)
     # Archived projects found at the paths this stack would create, by config key.
     archived_at_path: Mapping[str, ProjectRecord] = field(default_factory=dict)
+    # Live projects at the paths this stack creates (its own, from an earlier run), by config
+    # key, with their topics.
+    live_topics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# The topic a created app project carries when the program committed the starter app into it.
+# Set once, when the project is created: a project created by an earlier version, which may
+# hold the team's own Dockerfile by now, never gets the starter app committed over it.
+STARTER_TOPIC = "gitops-bootstrap-starter"
+
+
+def seed_starter_app(facts: HostFacts, gitlab: GitLabSettings) -> bool:
+    """Whether the starter app belongs in the app project: created here, and new or seeded before."""
+    if gitlab.app_project.adopted:
+        return False
+    topics = facts.live_topics.get(PROJECT_KEYS["app"][0])
+    return topics is None or STARTER_TOPIC in topics
 
 
 def created_paths(gitlab: GitLabSettings, namespace: str) -> dict[str, str]:
@@ -123,6 +140,11 @@ PIPELINE_FILE = "gitops/app-pipeline.gitlab-ci.yml"
 def pipeline_branch(stack: str) -> str:
     """The manifest project's branch holding the app pipeline; per stack, so stacks can share the project."""
     return f"gitops-pipeline-{stack}"
+
+
+def deploy_branch(stack: str) -> str:
+    """The manifest project's one rolling bot branch whose merge request proposes the newest build; per stack."""
+    return f"gitops-deploy-{stack}"
 
 
 def ci_config_path(manifest_path_with_namespace: str, stack: str) -> str:

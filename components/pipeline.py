@@ -1,4 +1,4 @@
-"""The app project's `.gitlab-ci.yml`: build the image, bump the chart, open a merge request.
+"""The app project's `.gitlab-ci.yml`: build the image, then propose it in one rolling merge request.
 
 Pure module: no Pulumi, no I/O. Every value that varies between installations is
 a pipeline variable, so the job scripts are constant text that can be linted and
@@ -6,12 +6,16 @@ run as-is. Secrets never appear here: they are CI/CD variables on the project
 (`DOCKERHUB_TOKEN`, `SSH_PRIVATE_KEY`, `SSH_KNOWN_HOSTS`, and `GITLAB_PRIVATE_TOKEN`
 when the merge request is opened through the API); see `required_variables`.
 
-The merge request is opened one of two ways (`PipelineSpec.merge_request_via`):
+Two job starts from push to merge request: `build-image` pushes the image and records its
+digest; `update-manifest` writes tag, digest and app commit into the chart on one rolling
+bot branch (`DEPLOY_BRANCH`) and opens or updates that branch's single merge request:
 
-- "api": a third job POSTs to the merge requests API with `GITLAB_PRIVATE_TOKEN`
-  (a project access token, which gitlab.com Free does not offer);
-- "push-options": the manifest push itself carries `-o merge_request.create ...`, so
-  GitLab opens the merge request as the deploy key's owner and no API token is needed.
+- "api": with `GITLAB_PRIVATE_TOKEN` (a project access token, which gitlab.com Free does not offer);
+- "push-options": the push itself carries `-o merge_request.create ...`, so GitLab opens (or
+  updates) the merge request as the deploy key's owner and no API token is needed.
+
+The job never proposes a build older than the one already proposed or deployed: the chart
+records the app commit, and an ancestry check on the app repository decides.
 """
 
 from __future__ import annotations
@@ -22,18 +26,18 @@ from typing import Any
 
 import yaml
 
+from components.chart import COMMIT_ANNOTATION, DIGEST_ANNOTATION
+
 STAGE_BUILD = "build"
 STAGE_UPDATE_MANIFEST = "update-manifest"
-STAGE_OPEN_MR = "open-mr"
-# Stages and jobs of the "api" mode; `pipeline_stages`/`pipeline_jobs` give them per spec.
-STAGES: tuple[str, ...] = (STAGE_BUILD, STAGE_UPDATE_MANIFEST, STAGE_OPEN_MR)
+STAGES: tuple[str, ...] = (STAGE_BUILD, STAGE_UPDATE_MANIFEST)
 
 JOB_BUILD = "build-image"
 # Merge-request pipelines: build the image to catch a broken Dockerfile before merge; push nothing.
 JOB_BUILD_CHECK = "build-check"
+# Bumps the chart on the deploy branch and opens or updates its merge request, in both modes.
 JOB_UPDATE_MANIFEST = "update-manifest"
-JOB_OPEN_MR = "open-merge-request"
-JOBS: tuple[str, ...] = (JOB_BUILD, JOB_UPDATE_MANIFEST, JOB_OPEN_MR)
+JOBS: tuple[str, ...] = (JOB_BUILD, JOB_UPDATE_MANIFEST)
 
 MERGE_REQUEST_VIA_API = "api"
 MERGE_REQUEST_VIA_PUSH_OPTIONS = "push-options"
@@ -52,19 +56,18 @@ API_TOKEN_VARIABLE = "GITLAB_PRIVATE_TOKEN"
 SSH_KEY_VARIABLE = "SSH_PRIVATE_KEY"
 
 # Each deploy credential is an environment-scoped CI/CD variable (every tier), and only the
-# job that needs it declares that environment: the image build, which runs the app's own
+# job that needs them declares that environment: the image build, which runs the app's own
 # Dockerfile, never sees either. `action: prepare` records no deployment.
 ENVIRONMENT_MANIFEST = "gitops-manifest"
-ENVIRONMENT_MERGE_REQUEST = "gitops-merge-request"
 VARIABLE_ENVIRONMENTS: dict[str, str] = {
     SSH_KEY_VARIABLE: ENVIRONMENT_MANIFEST,
-    API_TOKEN_VARIABLE: ENVIRONMENT_MERGE_REQUEST,
+    API_TOKEN_VARIABLE: ENVIRONMENT_MANIFEST,
 }
 # Push options the pipeline never sends: they would merge without a person.
 MERGE_PUSH_OPTIONS = ("merge_request.merge_when_pipeline_succeeds", "merge_request.auto_merge")
 
-# Name of the dotenv report update-manifest hands to open-merge-request ("api" mode).
-MANIFEST_DOTENV = "manifest.env"
+# The dotenv report build-image hands to update-manifest: the digest it pushed.
+BUILD_DOTENV = "build.env"
 
 # GitLab answers a push whose merge request options failed with this warning, and exit 0.
 PUSH_OPTIONS_ERROR = "Error encountered with push options"
@@ -72,14 +75,22 @@ PUSH_OPTIONS_ERROR = "Error encountered with push options"
 DEFAULT_BRANCH_RULE = "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
 MERGE_REQUEST_RULE = '$CI_PIPELINE_SOURCE == "merge_request_event"'
 IMAGE_TAG_EXPRESSION = "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
-BRANCH_PREFIX = "update-image-tag-"
+# The layer cache: the app project's own GitLab registry, never the (possibly public) image repository.
+DEFAULT_CACHE_REPOSITORY = "$CI_REGISTRY_IMAGE/buildcache"
+# buildCacheRepository's value for "build without a layer cache".
+CACHE_OFF = "off"
+
+# Pinned by digest: a tag can be re-pushed, a digest cannot. Renovate-style "tag@digest" keeps
+# the version readable.
+BUILDKIT_IMAGE = "moby/buildkit:v0.33.0-rootless@sha256:80b15f0735e87bab7bf59ec4d695dfb4a7cfb25521cf56dc75d6f256285b63ef"
+# A Docker Official Image with git, ssh and curl: the manifest job installs nothing at run time.
+TOOLS_IMAGE = "buildpack-deps:bookworm-scm@sha256:b42f74a50a22540b839042134919504ff7c51e7cf8d751b79d0f94c56566cb92"
 
 # Every job stops after this long instead of the project's default (1 hour on gitlab.com).
 JOB_TIMEOUTS: dict[str, str] = {
     JOB_BUILD: "30 minutes",
     JOB_BUILD_CHECK: "30 minutes",
     JOB_UPDATE_MANIFEST: "10 minutes",
-    JOB_OPEN_MR: "5 minutes",
 }
 
 # Runner-side failures are worth a retry; script failures are not.
@@ -91,6 +102,8 @@ RUNNER_RETRY_WHEN: tuple[str, ...] = (
 )
 
 _NO_SPACE = re.compile(r"^\S+$")
+_PINNED_IMAGE = re.compile(r"^\S+@sha256:[0-9a-f]{64}$")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -102,10 +115,14 @@ class PipelineSpec:
     manifest_project_id: str
     manifest_default_branch: str = "main"
     chart_file: str = "Chart.yaml"
+    # The one bot branch whose single merge request proposes the newest build.
+    deploy_branch: str = "gitops-deploy"
+    # Where BuildKit keeps its layer cache; "" means the app project's GitLab registry, "off" none.
+    cache_repository: str = ""
     bot_name: str = "gitops-bot"
     bot_email: str = "gitops-bot@users.noreply.gitlab.com"
-    buildkit_image: str = "moby/buildkit:v0.27.1-rootless"
-    tools_image: str = "alpine:3.23.0"
+    buildkit_image: str = BUILDKIT_IMAGE
+    tools_image: str = TOOLS_IMAGE
     registry_auth_url: str = "https://index.docker.io/v1/"
     network_retries: int = 3
     retry_delay_seconds: int = 5
@@ -123,6 +140,7 @@ class PipelineSpec:
             "manifest_project_id",
             "manifest_default_branch",
             "chart_file",
+            "deploy_branch",
             "buildkit_image",
             "tools_image",
             "registry_auth_url",
@@ -132,6 +150,13 @@ class PipelineSpec:
                 raise ValueError(f"{name} must be a non-empty string without whitespace: {value!r}")
         if ":" in self.image_repository.rsplit("/", 1)[-1]:
             raise ValueError("image_repository must not carry a tag; the pipeline sets it")
+        if self.cache_repository and (not _NO_SPACE.match(self.cache_repository) or "@" in self.cache_repository):
+            raise ValueError(f"cache_repository must be an image repository: {self.cache_repository!r}")
+        for name in ("buildkit_image", "tools_image"):
+            if not _PINNED_IMAGE.match(getattr(self, name)):
+                raise ValueError(f"{name} must be pinned by digest (name:tag@sha256:<64 hex>): {getattr(self, name)!r}")
+        if not _BRANCH.match(self.deploy_branch) or self.deploy_branch == self.manifest_default_branch:
+            raise ValueError(f"deploy_branch must be a plain branch name other than the default branch: {self.deploy_branch!r}")
         if not (self.manifest_ssh_url.startswith("ssh://") or re.match(r"^[^@/\s]+@[^:/\s]+:", self.manifest_ssh_url)):
             raise ValueError(f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}")
         if not self.bot_name.strip() or "@" not in self.bot_email:
@@ -158,15 +183,20 @@ def _retry_function() -> str:
     )
 
 
-def _require_tools(tools: str, packages: str) -> str:
-    # Install only when missing, so the same line runs on a host that has the tools.
-    checks = " || ".join(f"! command -v {tool} >/dev/null 2>&1" for tool in tools.split())
-    return f"if {checks}; then retry apk add --no-cache {packages}; fi"
-
-
 def _check_tag() -> str:
-    # The tag lands in a sed replacement, a branch name and a URL: allow only tag characters.
+    # The tag lands in the chart, a commit message and a URL: allow only tag characters.
     return 'case "$IMAGE_TAG" in ""|*[!A-Za-z0-9_.-]*) echo "IMAGE_TAG is not a valid image tag: $IMAGE_TAG" >&2; exit 1;; esac'
+
+
+def _check_digest() -> str:
+    # Handed over from build-image's dotenv report; the chart deploys exactly this digest.
+    return (
+        'case "$IMAGE_DIGEST" in sha256:*) ;; *) echo "IMAGE_DIGEST is missing or not a sha256 digest:'
+        ' \\"$IMAGE_DIGEST\\" (build-image records it in its dotenv report)" >&2; exit 1;; esac; '
+        'case "${IMAGE_DIGEST#sha256:}" in *[!0-9a-f]*) '
+        'echo "IMAGE_DIGEST is not hexadecimal: $IMAGE_DIGEST" >&2; exit 1;; esac; '
+        'if [ "${#IMAGE_DIGEST}" -ne 71 ]; then echo "IMAGE_DIGEST has the wrong length: $IMAGE_DIGEST" >&2; exit 1; fi'
+    )
 
 
 def _buildctl(push: bool) -> str:
@@ -181,49 +211,86 @@ def _buildctl(push: bool) -> str:
         ' --opt "label:org.opencontainers.image.revision=${CI_COMMIT_SHA}"'
     )
     if push:
-        # A cache that cannot be written must not fail a build whose image is pushed.
-        line += ' --export-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache,mode=max,ignore-error=true"'
-    return line + ' --import-cache "type=registry,ref=${IMAGE_REPOSITORY}:buildcache"'
+        # The metadata file names the digest the registry stored; the chart deploys that.
+        line += ' --metadata-file "$METADATA_FILE" "$@"'
+    return line
 
 
 def build_script(spec: PipelineSpec) -> list[str]:
-    """Script lines of the image build job."""
-    auth = f'{{"auths":{{"{spec.registry_auth_url}":{{"auth":"%s"}}}}}}\\n'
+    """Script lines of the image build job: build, push, and report the pushed digest."""
     return [
         _check_tag(),
         "umask 077",
         'mkdir -p "$HOME/.docker"',
-        # printf is a shell builtin: the token is neither echoed nor on a process command line.
-        f'printf \'{auth}\' "$DOCKERHUB_TOKEN" > "$HOME/.docker/config.json"',
+        # printf is a shell builtin: no token is echoed or on a process command line.
+        f'printf \'{{"auths":{{"{spec.registry_auth_url}":{{"auth":"%s"}}\' "$DOCKERHUB_TOKEN" > "$HOME/.docker/config.json"',
+        # The job token may push to the project's own registry, where the layer cache lives.
+        (
+            'if [ -n "${CI_REGISTRY:-}" ] && [ -n "${CI_REGISTRY_PASSWORD:-}" ]; then '
+            'printf \',"%s":{"auth":"%s"}\' "$CI_REGISTRY" '
+            '"$(printf \'%s:%s\' "$CI_REGISTRY_USER" "$CI_REGISTRY_PASSWORD" | base64 | tr -d \'\\n\')"'
+            ' >> "$HOME/.docker/config.json"; fi'
+        ),
+        "printf '}}\\n' >> \"$HOME/.docker/config.json\"",
+        # No registry (CI_REGISTRY_IMAGE empty) or cache turned off: build without a cache.
+        (
+            'case "$CACHE_REPOSITORY" in ""|/*) set --; echo "No cache repository; building without a layer cache";; '
+            '*) set -- --export-cache "type=registry,ref=$CACHE_REPOSITORY,mode=max,ignore-error=true"'
+            ' --import-cache "type=registry,ref=$CACHE_REPOSITORY";; esac'
+        ),
+        'METADATA_FILE="$(mktemp)"',
         _buildctl(push=True),
+        (
+            'IMAGE_DIGEST="$(grep -o \'"containerimage.digest": *"sha256:[0-9a-f]*"\' "$METADATA_FILE"'
+            " | grep -o 'sha256:[0-9a-f]*' | head -n 1)\""
+        ),
+        _check_digest(),
+        # Relative: the job runs in the project directory, where GitLab collects artifacts.
+        f'echo "IMAGE_DIGEST=$IMAGE_DIGEST" > {BUILD_DOTENV}',
+        'echo "Pushed $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"',
     ]
 
 
 def build_check_script(spec: PipelineSpec) -> list[str]:
-    """Script lines of the merge-request build check: the same build, no credentials, no push."""
+    """Script lines of the merge-request build check: the same build, no credentials, no cache, no push."""
     return [_check_tag(), _buildctl(push=False)]
-
-
-def _shared_before_script(tools: str, packages: str) -> list[str]:
-    return [
-        _retry_function(),
-        _require_tools(tools, packages),
-        _check_tag(),
-        'MANIFEST_BRANCH="' + BRANCH_PREFIX + '${IMAGE_TAG}"',
-        "umask 077",
-        'WORK_DIR="$(mktemp -d)"',
-        "trap 'rm -rf \"$WORK_DIR\"' EXIT",
-    ]
 
 
 def _via_api(spec: PipelineSpec) -> bool:
     return spec.merge_request_via == MERGE_REQUEST_VIA_API
 
 
+def _annotation_pattern(key: str) -> str:
+    # A sed/grep basic regex for an indented annotation key (its `/` is literal with `|` delimiters).
+    return "[[:space:]][[:space:]]*" + key.replace(".", "\\.")
+
+
+def chart_helpers() -> list[str]:
+    """Shell helpers that read the chart fields the pipeline owns (appVersion and its annotations)."""
+    return [
+        # chart_field PATTERN FILE: a top-level or annotation value, without quotes or comment.
+        (
+            'chart_field() { sed -n -e "s|^$1:[[:space:]]*||p" "$2"'
+            " | sed -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//'"
+            " -e 's/^\"\\(.*\\)\"$/\\1/' -e \"s/^'\\(.*\\)'$/\\1/\" | head -n 1; }"
+        ),
+        f"COMMIT_FIELD='{_annotation_pattern(COMMIT_ANNOTATION)}'",
+        f"DIGEST_FIELD='{_annotation_pattern(DIGEST_ANNOTATION)}'",
+    ]
+
+
 def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
-    """before_script lines of the manifest update job (tools, helpers, SSH setup)."""
-    lines = [
-        *_shared_before_script("git ssh", "git openssh-client"),
+    """before_script lines of the deploy job: checks, helpers and the SSH setup."""
+    return [
+        _retry_function(),
+        _check_tag(),
+        _check_digest(),
+        'case "$CI_COMMIT_SHA" in ""|*[!0-9a-f]*) echo "CI_COMMIT_SHA is not a commit id: $CI_COMMIT_SHA" >&2; exit 1;; esac',
+        # The job starts in the app checkout, which the ancestry check reads.
+        'APP_DIR="$PWD"',
+        "umask 077",
+        'WORK_DIR="$(mktemp -d)"',
+        "trap 'rm -rf \"$WORK_DIR\"' EXIT",
         # Copies with tight modes: ssh refuses a group/world-readable key.
         'cp "$SSH_PRIVATE_KEY" "$WORK_DIR/id_key"',
         'chmod 400 "$WORK_DIR/id_key"',
@@ -235,32 +302,78 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
             " -o UserKnownHostsFile=$WORK_DIR/known_hosts -o GlobalKnownHostsFile=/dev/null"
             ' -o ConnectTimeout=20"'
         ),
-        # Reads appVersion from a chart file, without surrounding quotes or comment.
+        *chart_helpers(),
+        # newer_than COMMIT WHERE: succeeds if this pipeline's commit descends from COMMIT (the one
+        # WHERE already carries). The job clones the app's full history (GIT_DEPTH 0), so a commit
+        # it does not know was rewritten away: a person must decide, so the job fails.
         (
-            "app_version() { sed -n -e 's/^appVersion:[[:space:]]*//p' \"$1\""
-            " | sed -e 's/[[:space:]]#.*$//' -e 's/[[:space:]]*$//'"
-            " -e 's/^\"\\(.*\\)\"$/\\1/' -e \"s/^'\\(.*\\)'$/\\1/\" | head -n 1; }"
+            'newer_than() { if [ -z "$1" ]; then return 0; fi; '
+            'if [ "$1" = "$CI_COMMIT_SHA" ]; then echo "$2 already carries $CI_COMMIT_SHA"; return 1; fi; '
+            'if ! git -C "$APP_DIR" cat-file -e "$1^{commit}" 2>/dev/null; then '
+            'echo "$2 carries app commit $1, which is not in the default branch history; merge or close its merge'
+            ' request, or set the annotation by hand" >&2; exit 1; fi; '
+            'if git -C "$APP_DIR" merge-base --is-ancestor "$1" "$CI_COMMIT_SHA"; then return 0; fi; '
+            'echo "$2 carries app commit $1, which is not older than $CI_COMMIT_SHA: leaving it alone"; return 1; }'
         ),
     ]
-    if _via_api(spec):
-        lines += [
-            # The job starts in the project directory, where artifacts are collected.
-            f'DOTENV_FILE="$PWD/{MANIFEST_DOTENV}"',
-            'echo "MANIFEST_MR_NEEDED=true" > "$DOTENV_FILE"',
-        ]
-    return lines
+
+
+def _set_release_line() -> str:
+    # One awk pass rewrites appVersion and the two annotations, adding any that are missing
+    # (a chart seeded by an older version has no annotations).
+    program = (
+        'function notes() { print "  " dkey ": \\"" digest "\\""; print "  " ckey ": \\"" commit "\\"" }; '
+        '/^appVersion:/ { if (!v) print "appVersion: \\"" tag "\\""; v = 1; next }; '
+        "/^annotations:[[:space:]]*$/ { print; notes(); a = 1; next }; "
+        'index($0, "  " dkey ":") == 1 || index($0, "  " ckey ":") == 1 { next }; '
+        "{ print }; "
+        'END { if (!v) print "appVersion: \\"" tag "\\""; if (!a) { print "annotations:"; notes() } }'
+    )
+    return (
+        'awk -v tag="$IMAGE_TAG" -v digest="$IMAGE_DIGEST" -v commit="$CI_COMMIT_SHA"'
+        f" -v dkey='{DIGEST_ANNOTATION}' -v ckey='{COMMIT_ANNOTATION}'"
+        f' \'{program}\' "$CHART" > "$WORK_DIR/Chart.new"'
+    )
+
+
+def release_lines() -> list[str]:
+    """Lines that write this build (tag, digest, app commit) into "$CHART" and check the result."""
+    return [
+        _set_release_line(),
+        'mv "$WORK_DIR/Chart.new" "$CHART"',
+        # Exactly one line of each, carrying this build, or the edit went wrong.
+        'test "$(grep -c \'^appVersion:\' "$CHART")" -eq 1',
+        'test "$(grep -c "^$COMMIT_FIELD:" "$CHART")" -eq 1',
+        'test "$(grep -c "^$DIGEST_FIELD:" "$CHART")" -eq 1',
+        'test "$(chart_field appVersion "$CHART")" = "$IMAGE_TAG"',
+        'test "$(chart_field "$DIGEST_FIELD" "$CHART")" = "$IMAGE_DIGEST"',
+        'test "$(chart_field "$COMMIT_FIELD" "$CHART")" = "$CI_COMMIT_SHA"',
+    ]
+
+
+def _rollback_function() -> str:
+    # When the merge request step fails after the push, the branch goes back to what it was
+    # (or away), so that a re-run does not find "already proposed" and skip the merge request.
+    return (
+        # An empty REMOTE_SHA pushes ":refs/heads/...", which deletes the branch.
+        'rollback() { PUSHED_SHA="$(git rev-parse HEAD)"; '
+        'git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$PUSHED_SHA"'
+        ' origin "$REMOTE_SHA:refs/heads/$DEPLOY_BRANCH"'
+        ' || echo "Could not put $DEPLOY_BRANCH back; delete it before re-running" >&2; '
+        'echo "Put $DEPLOY_BRANCH back as it was; re-run this job" >&2; exit 1; }'
+    )
 
 
 def _push_options_lines() -> list[str]:
-    # GitLab reads these from the push and opens the merge request as the key's owner. For a
-    # branch that already has an open merge request it opens no second one.
+    # GitLab reads these from the push and opens the merge request as the key's owner; for a
+    # branch with an open merge request it updates that one (title) instead of opening another.
     push = (
-        'retry git push --quiet --force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"'
+        'retry git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$REMOTE_SHA"'
         " -o merge_request.create"
         ' -o "merge_request.target=$MANIFEST_DEFAULT_BRANCH"'
-        ' -o "merge_request.title=Deploy image tag $IMAGE_TAG"'
+        ' -o "merge_request.title=Deploy $IMAGE_TAG"'
         " -o merge_request.remove_source_branch"
-        ' origin "HEAD:refs/heads/$MANIFEST_BRANCH"'
+        ' origin "HEAD:refs/heads/$DEPLOY_BRANCH"'
     )
     return [
         f'if ! {push} > "$WORK_DIR/push-output" 2>&1; then cat "$WORK_DIR/push-output" >&2; exit 1; fi',
@@ -268,102 +381,96 @@ def _push_options_lines() -> list[str]:
         # The push itself succeeds even when GitLab could not create the merge request.
         (
             f"if grep -q '{PUSH_OPTIONS_ERROR}' \"$WORK_DIR/push-output\"; then "
-            'echo "GitLab did not open the merge request for $MANIFEST_BRANCH; re-run this job" >&2; exit 1; fi'
+            'echo "GitLab did not open the merge request for $DEPLOY_BRANCH" >&2; rollback; fi'
+        ),
+    ]
+
+
+def _api_lines() -> list[str]:
+    # The token goes to curl through a file, never through argv or the log.
+    mr_url = "$CI_API_V4_URL/projects/$MANIFEST_PROJECT_ID/merge_requests"
+    return [
+        'printf \'PRIVATE-TOKEN: %s\\n\' "$GITLAB_PRIVATE_TOKEN" > "$WORK_DIR/headers"',
+        (
+            "mr_api() { curl --silent --show-error --max-time 60 --retry 3 --retry-delay 2"
+            ' --header @"$WORK_DIR/headers" --output "$WORK_DIR/response" --write-out \'%{http_code}\' "$@"; }'
+        ),
+        'mr_failed() { echo "$1 failed with HTTP $2:" >&2; head -c 2000 "$WORK_DIR/response" >&2; echo >&2; rollback; }',
+        'TITLE="Deploy $IMAGE_TAG"',
+        (
+            'DESCRIPTION="Deploys $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST, built from $CI_COMMIT_SHA.'
+            ' A newer build of the default branch updates this merge request."'
+        ),
+        (
+            'HTTP_STATUS="$(mr_api --data-urlencode "source_branch=$DEPLOY_BRANCH"'
+            ' --data-urlencode "target_branch=$MANIFEST_DEFAULT_BRANCH"'
+            ' --data-urlencode "title=$TITLE" --data-urlencode "description=$DESCRIPTION"'
+            f' --data "remove_source_branch=true" "{mr_url}")"'
+        ),
+        # 409: the branch's merge request is open already; it gets the new title and description.
+        (
+            'case "$HTTP_STATUS" in '
+            '201) echo "Opened a merge request for $DEPLOY_BRANCH";; '
+            "409) "
+            f'HTTP_STATUS="$(mr_api --get --data-urlencode "source_branch=$DEPLOY_BRANCH" --data "state=opened" "{mr_url}")"; '
+            'if [ "$HTTP_STATUS" != 200 ]; then mr_failed "Finding the open merge request" "$HTTP_STATUS"; fi; '
+            'MR_IID="$(grep -o \'"iid": *[0-9]*\' "$WORK_DIR/response" | head -n 1 | tr -dc 0-9)"; '
+            'if [ -z "$MR_IID" ]; then mr_failed "Finding the open merge request" "$HTTP_STATUS"; fi; '
+            'HTTP_STATUS="$(mr_api --request PUT --data-urlencode "title=$TITLE"'
+            f' --data-urlencode "description=$DESCRIPTION" "{mr_url}/$MR_IID")"; '
+            'if [ "$HTTP_STATUS" != 200 ]; then mr_failed "Updating merge request !$MR_IID" "$HTTP_STATUS"; fi; '
+            'echo "Updated merge request !$MR_IID for $DEPLOY_BRANCH";; '
+            '*) mr_failed "Creating the merge request" "$HTTP_STATUS";; esac'
         ),
     ]
 
 
 def update_manifest_script(spec: PipelineSpec) -> list[str]:
-    """Script lines that point the chart's appVersion at the new tag on a bot branch.
-
-    With "push-options" the same push asks GitLab for the merge request.
-    """
-    chart = '"$WORK_DIR/manifest/$CHART_FILE"'
-    via_api = _via_api(spec)
-    no_mr_needed = 'echo "MANIFEST_MR_NEEDED=false" > "$DOTENV_FILE"; ' if via_api else " "
+    """Script lines that propose this build on the deploy branch and open or update its merge request."""
     lines = [
-        ('retry git clone --quiet --depth 1 --branch "$MANIFEST_DEFAULT_BRANCH" "$MANIFEST_SSH_URL" "$WORK_DIR/manifest"'),
+        'retry git clone --quiet --depth 1 --branch "$MANIFEST_DEFAULT_BRANCH" "$MANIFEST_SSH_URL" "$WORK_DIR/manifest"',
         'cd "$WORK_DIR/manifest"',
-        f'if [ ! -f {chart} ]; then echo "$CHART_FILE not found in the manifest repository" >&2; exit 1; fi',
-        # Already released on the default branch (e.g. MR merged, pipeline re-run): nothing to do.
-        (
-            f'if [ "$(app_version {chart})" = "$IMAGE_TAG" ]; then '
-            'echo "$MANIFEST_DEFAULT_BRANCH already has appVersion $IMAGE_TAG";'
-            f"{no_mr_needed}exit 0; fi"
-        ),
-        'retry git ls-remote --heads origin "refs/heads/$MANIFEST_BRANCH" > "$WORK_DIR/remote-branch"',
+        'CHART="$WORK_DIR/manifest/$CHART_FILE"',
+        'if [ ! -f "$CHART" ]; then echo "$CHART_FILE not found in the manifest repository" >&2; exit 1; fi',
+        # Deployed already, or something newer is: nothing to propose.
+        'if ! newer_than "$(chart_field "$COMMIT_FIELD" "$CHART")" "$MANIFEST_DEFAULT_BRANCH"; then exit 0; fi',
+        'retry git ls-remote --heads origin "refs/heads/$DEPLOY_BRANCH" > "$WORK_DIR/remote-branch"',
         'REMOTE_SHA="$(cut -f1 "$WORK_DIR/remote-branch")"',
-    ]
-    if via_api:
-        # A re-run for the same tag finds the branch already pointing at it: leave it alone.
-        lines.append(
-            'if [ -n "$REMOTE_SHA" ]; then '
-            'retry git fetch --quiet --depth 1 origin "+refs/heads/$MANIFEST_BRANCH:refs/remotes/origin/$MANIFEST_BRANCH"; '
-            'git show "refs/remotes/origin/$MANIFEST_BRANCH:$CHART_FILE" > "$WORK_DIR/remote-chart"; '
-            'if [ "$(app_version "$WORK_DIR/remote-chart")" = "$IMAGE_TAG" ]; then '
-            'echo "$MANIFEST_BRANCH already sets appVersion $IMAGE_TAG"; exit 0; fi; fi'
-        )
-    # With push options a re-run pushes again (a fresh commit, so the push is not a no-op):
-    # only a push carries the options, and it is the only way to ask for the merge request.
-    commit = 'git commit --quiet -m "Set appVersion to $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG"'
-    if not via_api:
-        commit += ' -m "Job: ${CI_JOB_URL:-local run}"'
-    lines += [
+        # What the deploy branch proposes now: the same build (a re-run) changes nothing, a newer
+        # one is left alone, the same commit with a new digest (a rebuild) is updated.
         (
-            f"if grep -q '^appVersion:' {chart}; then "
-            f'sed -i "s/^appVersion:.*/appVersion: \\"$IMAGE_TAG\\"/" {chart}; '
-            f'else printf \'appVersion: "%s"\\n\' "$IMAGE_TAG" >> {chart}; fi'
+            'if [ -n "$REMOTE_SHA" ]; then '
+            'retry git fetch --quiet --depth 1 origin "+refs/heads/$DEPLOY_BRANCH:refs/remotes/origin/$DEPLOY_BRANCH"; '
+            'git show "refs/remotes/origin/$DEPLOY_BRANCH:$CHART_FILE" > "$WORK_DIR/proposed" 2>/dev/null'
+            ' || : > "$WORK_DIR/proposed"; '
+            'PROPOSED_COMMIT="$(chart_field "$COMMIT_FIELD" "$WORK_DIR/proposed")"; '
+            'PROPOSED_DIGEST="$(chart_field "$DIGEST_FIELD" "$WORK_DIR/proposed")"; '
+            'if [ "$PROPOSED_COMMIT" = "$CI_COMMIT_SHA" ] && [ "$PROPOSED_DIGEST" = "$IMAGE_DIGEST" ]; then '
+            'echo "$DEPLOY_BRANCH already proposes $IMAGE_TAG@$IMAGE_DIGEST"; exit 0; fi; '
+            'if [ "$PROPOSED_COMMIT" != "$CI_COMMIT_SHA" ] && ! newer_than "$PROPOSED_COMMIT" "$DEPLOY_BRANCH"; then exit 0; fi; '
+            "fi"
         ),
-        # Exactly one appVersion line carrying the tag, or the edit went wrong.
-        f"test \"$(grep -c '^appVersion:' {chart})\" -eq 1",
-        f'test "$(app_version {chart})" = "$IMAGE_TAG"',
+        *release_lines(),
+        _rollback_function(),
         'git config user.name "$BOT_NAME"',
         'git config user.email "$BOT_EMAIL"',
-        f'{commit} -- "$CHART_FILE"',
+        (
+            'git commit --quiet -m "Deploy $IMAGE_TAG" -m "Image: $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"'
+            ' -m "App commit: $CI_COMMIT_SHA" -m "Job: ${CI_JOB_URL:-local run}" -- "$CHART_FILE"'
+        ),
     ]
-    if via_api:
-        # The lease only lets us replace the branch state we just saw (empty: must not exist).
+    if _via_api(spec):
+        # The lease only replaces the branch state just read (empty: it must not exist yet), so
+        # a concurrent writer is never overwritten; resource_group keeps pipelines in line anyway.
         lines.append(
-            'retry git push --quiet --force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"'
-            ' origin "HEAD:refs/heads/$MANIFEST_BRANCH"'
+            'retry git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$REMOTE_SHA"'
+            ' origin "HEAD:refs/heads/$DEPLOY_BRANCH"'
         )
+        lines += _api_lines()
     else:
         lines += _push_options_lines()
-    lines.append('echo "Pushed $MANIFEST_BRANCH with appVersion $IMAGE_TAG"')
+    lines.append('echo "$DEPLOY_BRANCH proposes $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"')
     return lines
-
-
-def open_mr_before_script(spec: PipelineSpec) -> list[str]:
-    """before_script lines of the merge request job."""
-    return _shared_before_script("curl", "curl")
-
-
-def open_mr_script(spec: PipelineSpec) -> list[str]:
-    """Script lines that open the manifest merge request; an existing one counts as success."""
-    return [
-        ('if [ "${MANIFEST_MR_NEEDED:-true}" != true ]; then echo "No merge request needed for $IMAGE_TAG"; exit 0; fi'),
-        # The token goes to curl through a file, never through argv or the log.
-        'printf \'PRIVATE-TOKEN: %s\\n\' "$GITLAB_PRIVATE_TOKEN" > "$WORK_DIR/headers"',
-        (
-            'HTTP_STATUS="$(curl --silent --show-error --max-time 60 --retry 3 --retry-delay 2'
-            ' --header @"$WORK_DIR/headers"'
-            ' --data-urlencode "source_branch=$MANIFEST_BRANCH"'
-            ' --data-urlencode "target_branch=$MANIFEST_DEFAULT_BRANCH"'
-            ' --data-urlencode "title=Deploy image tag $IMAGE_TAG"'
-            ' --data-urlencode "description=Sets appVersion to $IMAGE_TAG ($IMAGE_REPOSITORY:$IMAGE_TAG)."'
-            ' --data "remove_source_branch=true"'
-            ' --output "$WORK_DIR/response"'
-            " --write-out '%{http_code}'"
-            ' "$CI_API_V4_URL/projects/$MANIFEST_PROJECT_ID/merge_requests")"'
-        ),
-        (
-            'case "$HTTP_STATUS" in '
-            '201) echo "Opened a merge request for $MANIFEST_BRANCH";; '
-            '409) echo "A merge request for $MANIFEST_BRANCH is already open";; '
-            '*) echo "Creating the merge request failed with HTTP $HTTP_STATUS:" >&2; '
-            'head -c 2000 "$WORK_DIR/response" >&2; echo >&2; exit 1;; esac'
-        ),
-    ]
 
 
 def _runner_retry() -> dict[str, Any]:
@@ -380,9 +487,12 @@ def pipeline_variables(spec: PipelineSpec) -> dict[str, str]:
     return {
         "IMAGE_REPOSITORY": spec.image_repository,
         "IMAGE_TAG": IMAGE_TAG_EXPRESSION,
+        # Empty turns the cache off (the build job checks).
+        "CACHE_REPOSITORY": {"": DEFAULT_CACHE_REPOSITORY, CACHE_OFF: ""}.get(spec.cache_repository, spec.cache_repository),
         "MANIFEST_PROJECT_ID": spec.manifest_project_id,
         "MANIFEST_SSH_URL": spec.manifest_ssh_url,
         "MANIFEST_DEFAULT_BRANCH": spec.manifest_default_branch,
+        "DEPLOY_BRANCH": spec.deploy_branch,
         "CHART_FILE": spec.chart_file,
         "BOT_NAME": spec.bot_name,
         "BOT_EMAIL": spec.bot_email,
@@ -392,13 +502,13 @@ def pipeline_variables(spec: PipelineSpec) -> dict[str, str]:
 
 
 def pipeline_stages(spec: PipelineSpec) -> tuple[str, ...]:
-    """The pipeline's stages, in order: no merge request stage with push options."""
-    return STAGES if _via_api(spec) else (STAGE_BUILD, STAGE_UPDATE_MANIFEST)
+    """The pipeline's stages, in order (the same in both modes)."""
+    return STAGES
 
 
 def pipeline_jobs(spec: PipelineSpec) -> tuple[str, ...]:
-    """The default branch's jobs, in stage order: no merge request job with push options."""
-    return JOBS if _via_api(spec) else (JOB_BUILD, JOB_UPDATE_MANIFEST)
+    """The default branch's jobs, in stage order: two job starts from push to merge request."""
+    return JOBS
 
 
 def merge_request_jobs(spec: PipelineSpec) -> tuple[str, ...]:
@@ -413,24 +523,13 @@ def required_variables(spec: PipelineSpec) -> tuple[str, ...]:
     return tuple(name for name in SECRET_VARIABLES if name != API_TOKEN_VARIABLE)
 
 
+def pipeline_images(spec: PipelineSpec) -> tuple[str, ...]:
+    """Every image the pipeline's jobs run in."""
+    return (spec.buildkit_image, spec.tools_image)
+
+
 def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
     """The `.gitlab-ci.yml` content as plain data."""
-    update_manifest: dict[str, Any] = {
-        "stage": STAGE_UPDATE_MANIFEST,
-        "image": spec.tools_image,
-        # The app sources are not needed to edit the manifest repository.
-        "variables": {"GIT_STRATEGY": "none"},
-        "rules": _rules(),
-        # The only job that receives SSH_PRIVATE_KEY (see VARIABLE_ENVIRONMENTS).
-        "environment": {"name": ENVIRONMENT_MANIFEST, "action": "prepare"},
-        # Pipelines of consecutive commits must not push to the manifest at once.
-        "resource_group": "manifest-update",
-        "interruptible": False,
-        "timeout": JOB_TIMEOUTS[JOB_UPDATE_MANIFEST],
-        "retry": _runner_retry(),
-        "before_script": update_manifest_before_script(spec),
-        "script": update_manifest_script(spec),
-    }
 
     # Fresh dicts and lists per job keep PyYAML from emitting anchors and aliases.
     def build_image() -> dict[str, Any]:
@@ -442,7 +541,7 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
     def runner_tags() -> dict[str, list[str]]:
         return {"tags": list(spec.build_runner_tags)} if spec.build_runner_tags else {}
 
-    document: dict[str, Any] = {
+    return {
         "stages": list(pipeline_stages(spec)),
         "variables": pipeline_variables(spec),
         JOB_BUILD: {
@@ -454,9 +553,27 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "timeout": JOB_TIMEOUTS[JOB_BUILD],
             "retry": _runner_retry(),
             "script": build_script(spec),
+            # The digest it pushed, for update-manifest.
+            "artifacts": {"reports": {"dotenv": BUILD_DOTENV}},
             **runner_tags(),
         },
-        JOB_UPDATE_MANIFEST: update_manifest,
+        JOB_UPDATE_MANIFEST: {
+            "stage": STAGE_UPDATE_MANIFEST,
+            "image": spec.tools_image,
+            # The whole app history: the ancestry check compares this commit with the proposed one.
+            "variables": {"GIT_DEPTH": "0"},
+            "rules": _rules(),
+            "needs": [{"job": JOB_BUILD, "artifacts": True}],
+            # The only job that receives SSH_PRIVATE_KEY and GITLAB_PRIVATE_TOKEN (VARIABLE_ENVIRONMENTS).
+            "environment": {"name": ENVIRONMENT_MANIFEST, "action": "prepare"},
+            # Two pipelines never write the deploy branch at once; GitLab runs them in order.
+            "resource_group": "manifest-update",
+            "interruptible": False,
+            "timeout": JOB_TIMEOUTS[JOB_UPDATE_MANIFEST],
+            "retry": _runner_retry(),
+            "before_script": update_manifest_before_script(spec),
+            "script": update_manifest_script(spec),
+        },
         JOB_BUILD_CHECK: {
             "stage": STAGE_BUILD,
             "image": build_image(),
@@ -470,24 +587,6 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             **runner_tags(),
         },
     }
-    if not _via_api(spec):
-        return document
-    update_manifest["artifacts"] = {"reports": {"dotenv": MANIFEST_DOTENV}}
-    document[JOB_OPEN_MR] = {
-        "stage": STAGE_OPEN_MR,
-        "image": spec.tools_image,
-        "variables": {"GIT_STRATEGY": "none"},
-        "rules": _rules(),
-        "needs": [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}],
-        # The only job that receives GITLAB_PRIVATE_TOKEN.
-        "environment": {"name": ENVIRONMENT_MERGE_REQUEST, "action": "prepare"},
-        "interruptible": False,
-        "timeout": JOB_TIMEOUTS[JOB_OPEN_MR],
-        "retry": _runner_retry(),
-        "before_script": open_mr_before_script(spec),
-        "script": open_mr_script(spec),
-    }
-    return document
 
 
 def job_environment(spec: PipelineSpec, job: str) -> str | None:

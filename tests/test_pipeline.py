@@ -1,12 +1,15 @@
 """The rendered app pipeline: schema, gitlab-ci-local, shellcheck, and real runs of its jobs.
 
-The manifest jobs run their own script lines against a loopback sshd serving a bare
-chart repository and a loopback HTTP server standing in for the GitLab MR API. For the
-"push-options" mode the bare repository records the push options it receives.
+The jobs run their own script lines: the build against a recording stand-in for
+`buildctl-daemonless.sh` that writes BuildKit's metadata file, the manifest job against a
+loopback sshd serving a bare chart repository, an app repository with real history, and a
+loopback HTTP server standing in for GitLab's merge request API. For the "push-options"
+mode the bare repository records the push options it receives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -22,28 +25,26 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
-from components.chart import ChartSpec, render_chart
+from components.chart import COMMIT_ANNOTATION, DIGEST_ANNOTATION, ChartSpec, render_chart
 from components.pipeline import (
-    BRANCH_PREFIX,
+    BUILD_DOTENV,
     ENVIRONMENT_MANIFEST,
-    ENVIRONMENT_MERGE_REQUEST,
     JOB_BUILD,
     JOB_BUILD_CHECK,
-    JOB_OPEN_MR,
     JOB_UPDATE_MANIFEST,
     JOBS,
-    MANIFEST_DOTENV,
     MERGE_REQUEST_VIA,
     SECRET_VARIABLES,
     STAGES,
     PipelineSpec,
     job_scripts,
     merge_request_jobs,
+    pipeline_images,
     pipeline_jobs,
     pipeline_stages,
     render_pipeline,
@@ -55,7 +56,8 @@ SSHD = "/usr/sbin/sshd"
 PROJECT_ID = "4242"
 GITLAB_TOKEN = "glpat-TestOnlyToken-9f3k2"
 DOCKERHUB_TOKEN = "dXNlcjpka2NyX3BhdF9UZXN0T25seS04ZDJq"  # base64("user:dckr_pat_TestOnly-8d2j")
-# A hand-written Chart.yaml for the appVersion spellings the job must read.
+DEPLOY_BRANCH = "gitops-deploy-test"
+# A hand-written Chart.yaml from before digests were recorded: no annotations.
 CHART_SEED = """\
 apiVersion: v2
 name: webapp
@@ -67,18 +69,17 @@ appVersion: "0.0.0"
 RUN_TIMEOUT = 120
 API = "api"
 PUSH_OPTIONS = "push-options"
-# What each mode's pipeline must consist of, spelled out rather than taken from the module.
-EXPECTED_JOBS: dict[str, list[tuple[str, str]]] = {
-    API: [("build-image", "build"), ("update-manifest", "update-manifest"), ("open-merge-request", "open-mr")],
-    PUSH_OPTIONS: [("build-image", "build"), ("update-manifest", "update-manifest")],
-}
+# The pipeline, spelled out rather than taken from the module: the same two jobs in both modes.
+EXPECTED_JOBS: list[tuple[str, str]] = [("build-image", "build"), ("update-manifest", "update-manifest")]
 EXPECTED_VARIABLES: dict[str, set[str]] = {
     API: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS", "GITLAB_PRIVATE_TOKEN"},
     PUSH_OPTIONS: {"DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"},
 }
 # Merge-request pipelines, in both modes.
 EXPECTED_MR_JOBS: list[tuple[str, str]] = [("build-check", "build")]
-MODE_JOBS = [(mode, job) for mode, jobs in EXPECTED_JOBS.items() for job, _ in [*jobs, *EXPECTED_MR_JOBS]]
+MODE_JOBS = [(mode, job) for mode in MERGE_REQUEST_VIA for job, _ in [*EXPECTED_JOBS, *EXPECTED_MR_JOBS]]
+# Commands that install packages at run time; no job may run one.
+PACKAGE_INSTALLS = re.compile(r"\b(apk add|apt-get install|apt install|yum install|dnf install|pip install|npm install)\b")
 
 
 def make_spec(**overrides: Any) -> PipelineSpec:
@@ -86,6 +87,7 @@ def make_spec(**overrides: Any) -> PipelineSpec:
         "image_repository": "docker.io/acme/webapp",
         "manifest_ssh_url": "git@gitlab.com:acme/gitops-demo-chart.git",
         "manifest_project_id": PROJECT_ID,
+        "deploy_branch": DEPLOY_BRANCH,
         "bot_name": "Chart Bot",
         "bot_email": "chart-bot@example.invalid",
     }
@@ -108,12 +110,11 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- static checks
 
 
-def test_modes_are_exactly_the_two_ways() -> None:
+def test_both_modes_run_two_jobs() -> None:
     assert MERGE_REQUEST_VIA == (API, PUSH_OPTIONS)
-    assert set(EXPECTED_JOBS) == set(MERGE_REQUEST_VIA)
     assert make_spec().merge_request_via == API
-    assert list(JOBS) == [job for job, _ in EXPECTED_JOBS[API]]
-    assert list(STAGES) == [stage for _, stage in EXPECTED_JOBS[API]]
+    assert list(JOBS) == [job for job, _ in EXPECTED_JOBS]
+    assert list(STAGES) == [stage for _, stage in EXPECTED_JOBS]
 
 
 @pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
@@ -122,14 +123,7 @@ def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path, mode: str) -> Non
     ci_file = tmp_path / ".gitlab-ci.yml"
     ci_file.write_text(render_pipeline(make_spec(merge_request_via=mode)))
     result = subprocess.run(
-        [
-            check,
-            "--builtin-schema",
-            "vendor.gitlab-ci",
-            "--data-transform",
-            "gitlab-ci",
-            str(ci_file),
-        ],
+        [check, "--builtin-schema", "vendor.gitlab-ci", "--data-transform", "gitlab-ci", str(ci_file)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -142,8 +136,8 @@ def test_rendered_file_passes_gitlab_ci_schema(tmp_path: Path, mode: str) -> Non
 def test_document_shape(mode: str) -> None:
     spec = make_spec(merge_request_via=mode)
     document = yaml.safe_load(render_pipeline(spec))
-    expected_jobs = [job for job, _ in EXPECTED_JOBS[mode]]
-    assert document["stages"] == [stage for _, stage in EXPECTED_JOBS[mode]]
+    expected_jobs = [job for job, _ in EXPECTED_JOBS]
+    assert document["stages"] == [stage for _, stage in EXPECTED_JOBS]
     assert list(pipeline_stages(spec)) == document["stages"]
     assert list(pipeline_jobs(spec)) == expected_jobs
     mr_jobs = [job for job, _ in EXPECTED_MR_JOBS]
@@ -152,17 +146,20 @@ def test_document_shape(mode: str) -> None:
     check = document[JOB_BUILD_CHECK]
     assert check["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
     assert check["image"] == document[JOB_BUILD]["image"] and check["stage"] == "build"
-    # No credential, no push, no environment.
+    # No credential, no cache, no push, no environment.
     check_text = "\n".join(check["script"])
-    assert "push=false" in check_text and "push=true" not in check_text and "--export-cache" not in check_text
+    assert "push=false" in check_text and "push=true" not in check_text and "cache" not in check_text
     assert not any(f"${name}" in check_text or f"${{{name}}}" in check_text for name in SECRET_VARIABLES)
     assert "environment" not in check
     variables = document["variables"]
     assert variables["IMAGE_TAG"] == "$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"
     assert variables["IMAGE_REPOSITORY"] == "docker.io/acme/webapp"
+    # The layer cache lives in the app project's own registry, not beside the image.
+    assert variables["CACHE_REPOSITORY"] == "$CI_REGISTRY_IMAGE/buildcache"
     assert variables["MANIFEST_PROJECT_ID"] == PROJECT_ID
     assert variables["MANIFEST_SSH_URL"] == "git@gitlab.com:acme/gitops-demo-chart.git"
     assert variables["MANIFEST_DEFAULT_BRANCH"] == "main"
+    assert variables["DEPLOY_BRANCH"] == DEPLOY_BRANCH
     assert variables["CHART_FILE"] == "Chart.yaml"
     assert not set(SECRET_VARIABLES) & set(variables)
     for job in [*expected_jobs, *mr_jobs]:
@@ -173,39 +170,61 @@ def test_document_shape(mode: str) -> None:
         # Each job stops on its own deadline, well under the project's default hour.
         minutes = int(re.fullmatch(r"(\d+) minutes", document[job]["timeout"]).group(1))  # type: ignore[union-attr]
         assert 1 <= minutes <= 30
+        assert document[job]["retry"]["max"] >= 1
     build = document[JOB_BUILD]
     assert build["image"]["entrypoint"] == [""]
-    assert re.fullmatch(r"moby/buildkit:v\d+\.\d+\.\d+-rootless", build["image"]["name"])
+    assert re.fullmatch(r"moby/buildkit:v0\.(\d+)\.\d+-rootless@sha256:[0-9a-f]{64}", build["image"]["name"])
     assert build["variables"]["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     assert build["interruptible"] is True
-    clone = [line for line in document[JOB_UPDATE_MANIFEST]["script"] if " clone " in line]
+    assert build["artifacts"] == {"reports": {"dotenv": BUILD_DOTENV}}
+    update = document[JOB_UPDATE_MANIFEST]
+    assert update["needs"] == [{"job": JOB_BUILD, "artifacts": True}]
+    # Full app history for the ancestry check; one writer of the deploy branch at a time.
+    assert update["variables"] == {"GIT_DEPTH": "0"}
+    assert update["resource_group"]
+    assert update["environment"] == {"name": ENVIRONMENT_MANIFEST, "action": "prepare"}
+    assert re.fullmatch(r"buildpack-deps:[a-z]+-scm@sha256:[0-9a-f]{64}", update["image"])
+    clone = [line for line in update["script"] if " clone " in line]
     assert len(clone) == 1
     assert '--depth 1 --branch "$MANIFEST_DEFAULT_BRANCH"' in clone[0]
     assert "ssh-keyscan" not in render_pipeline(spec)
-    for job in expected_jobs[1:]:
-        assert re.fullmatch(r"alpine:\d+\.\d+\.\d+", document[job]["image"])
-        assert document[job]["retry"]["max"] >= 1
-    # Only the API mode hands a dotenv report to a later job.
-    artifacts = document[JOB_UPDATE_MANIFEST].get("artifacts")
-    if mode == API:
-        assert artifacts == {"reports": {"dotenv": MANIFEST_DOTENV}}
-        assert document[JOB_OPEN_MR]["needs"] == [{"job": JOB_UPDATE_MANIFEST, "artifacts": True}]
-    else:
-        assert artifacts is None
-        assert MANIFEST_DOTENV not in render_pipeline(spec)
+
+
+def test_every_image_is_pinned_by_digest_and_no_job_installs_packages() -> None:
+    for mode in MERGE_REQUEST_VIA:
+        spec = make_spec(merge_request_via=mode)
+        document = yaml.safe_load(render_pipeline(spec))
+        images = set()
+        for job in (*pipeline_jobs(spec), *merge_request_jobs(spec)):
+            image = document[job]["image"]
+            images.add(image["name"] if isinstance(image, dict) else image)
+        assert images == set(pipeline_images(spec))
+        for image in images:
+            assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image), image
+        for job, lines in job_scripts(spec).items():
+            for line in lines:
+                assert not PACKAGE_INSTALLS.search(line), (job, line)
+    # A tag alone is refused.
+    with pytest.raises(ValueError, match="pinned by digest"):
+        make_spec(tools_image="buildpack-deps:bookworm-scm")
+    with pytest.raises(ValueError, match="pinned by digest"):
+        make_spec(buildkit_image="moby/buildkit:v0.33.0-rootless")
+
+
+def test_cache_repository_is_configurable() -> None:
+    document = yaml.safe_load(render_pipeline(make_spec(cache_repository="registry.example.com/team/cache")))
+    assert document["variables"]["CACHE_REPOSITORY"] == "registry.example.com/team/cache"
+    # "off": an empty CACHE_REPOSITORY, which the build job reads as "no cache".
+    assert yaml.safe_load(render_pipeline(make_spec(cache_repository="off")))["variables"]["CACHE_REPOSITORY"] == ""
+    with pytest.raises(ValueError, match="cache_repository"):
+        make_spec(cache_repository="registry.example.com/team/cache@sha256:00")
 
 
 @pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
 def test_no_secret_in_rendered_file(mode: str) -> None:
     spec = make_spec(merge_request_via=mode)
     text = render_pipeline(spec)
-    for secret in (
-        GITLAB_TOKEN,
-        DOCKERHUB_TOKEN,
-        "BEGIN OPENSSH PRIVATE KEY",
-        "glpat-",
-        "dckr_pat",
-    ):
+    for secret in (GITLAB_TOKEN, DOCKERHUB_TOKEN, "BEGIN OPENSSH PRIVATE KEY", "glpat-", "dckr_pat"):
         assert secret not in text
     # Secrets are only referenced, and never handed to echo or to a traced shell.
     for job, lines in job_scripts(spec).items():
@@ -213,10 +232,7 @@ def test_no_secret_in_rendered_file(mode: str) -> None:
             assert "set -x" not in line, (job, line)
             for name in SECRET_VARIABLES:
                 if name in line:
-                    assert not re.search(r"\becho\b[^;|]*\$\{?" + name, line), (
-                        job,
-                        line,
-                    )
+                    assert not re.search(r"\becho\b[^;|]*\$\{?" + name, line), (job, line)
 
 
 @pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
@@ -238,17 +254,17 @@ def test_push_options_file_never_mentions_the_api_token() -> None:
 
 def test_push_options_ride_on_the_manifest_push() -> None:
     lines = job_scripts(make_spec(merge_request_via=PUSH_OPTIONS))[JOB_UPDATE_MANIFEST]
-    pushes = [line for line in lines if "git push" in line]
+    pushes = [line for line in lines if "merge_request.create" in line]
     assert len(pushes) == 1
     push = pushes[0]
     for option in (
         "-o merge_request.create ",
         '-o "merge_request.target=$MANIFEST_DEFAULT_BRANCH" ',
-        '-o "merge_request.title=Deploy image tag $IMAGE_TAG" ',
+        '-o "merge_request.title=Deploy $IMAGE_TAG" ',
         "-o merge_request.remove_source_branch ",
     ):
         assert option in push
-    assert '--force-with-lease="refs/heads/$MANIFEST_BRANCH:$REMOTE_SHA"' in push
+    assert '--force-with-lease="refs/heads/$DEPLOY_BRANCH:$REMOTE_SHA"' in push
     assert not any("merge_request." in line for line in job_scripts(make_spec())[JOB_UPDATE_MANIFEST])
 
 
@@ -264,6 +280,8 @@ def test_push_options_ride_on_the_manifest_push() -> None:
         {"manifest_project_id": "12 34"},
         {"bot_email": "nobody"},
         {"network_retries": 0},
+        {"deploy_branch": "main"},
+        {"deploy_branch": "-x"},
     ],
 )
 def test_spec_rejects_bad_values(overrides: dict[str, Any]) -> None:
@@ -319,19 +337,13 @@ def app_repo(tmp_path: Path, spec: PipelineSpec) -> tuple[Path, str]:
     return app, "main-" + git("rev-parse", "--short=8", "HEAD", cwd=app).strip()
 
 
-def _gitlab_ci_local(cwd: Path, home: Path, *args: str) -> str:
+def _gitlab_ci_local(cwd: Path, home: Path, *args: str, path_prefix: Path | None = None) -> str:
     tool = require_tool("gitlab-ci-local")
     env = {**os.environ, "HOME": str(home)}
     env.pop("CI", None)  # gitlab-ci-local must treat the temp dir as a local checkout
-    result = subprocess.run(
-        [tool, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        check=False,
-    )
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
+    result = subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=180, env=env, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -343,58 +355,47 @@ def ci_mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def ci_checkout(tmp_path: Path, ci_mode: str) -> Path:
-    checkout = tmp_path / "app"
-    checkout.mkdir()
-    (checkout / ".gitlab-ci.yml").write_text(render_pipeline(make_spec(merge_request_via=ci_mode)))
-    git("init", "-q", "-b", "main", cwd=checkout)
-    git("add", ".gitlab-ci.yml", cwd=checkout)
-    git(
-        "-c", "user.name=Dev", "-c", "user.email=dev@example.invalid",
-        "commit", "-q", "-m", "Add pipeline",
-        cwd=checkout,
-    )  # fmt: skip
-    return checkout
+    return app_repo(tmp_path, make_spec(merge_request_via=ci_mode))[0]
 
 
-def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
+def test_gitlab_ci_local_lists_jobs_in_stage_order(ci_checkout: Path, tmp_path: Path) -> None:
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     rows = [line.split(";") for line in out.strip().splitlines()]
     header, jobs = rows[0], rows[1:]
-    name_col, stage_col, when_col = (
-        header.index("name"),
-        header.index("stage"),
-        header.index("when"),
-    )
-    assert [(row[name_col], row[stage_col]) for row in jobs] == EXPECTED_JOBS[ci_mode]
+    name_col, stage_col, when_col = header.index("name"), header.index("stage"), header.index("when")
+    assert [(row[name_col], row[stage_col]) for row in jobs] == EXPECTED_JOBS
     assert all(row[when_col] == "on_success" for row in jobs)
-
     listed = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list")
-    positions = [listed.index(job) for job, _ in EXPECTED_JOBS[ci_mode]]
+    positions = [listed.index(job) for job, _ in EXPECTED_JOBS]
     assert positions == sorted(positions)
-    assert (JOB_OPEN_MR in listed) == (ci_mode == API)
 
 
-def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
+def test_gitlab_ci_local_skips_jobs_off_default_branch(ci_checkout: Path, tmp_path: Path) -> None:
     git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
     out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-csv")
     assert out.strip().splitlines()[1:] == []
     everything = json.loads(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json"))
-    expected = {job: "never" for job, _ in [*EXPECTED_JOBS[ci_mode], *EXPECTED_MR_JOBS]}
+    expected = {job: "never" for job, _ in [*EXPECTED_JOBS, *EXPECTED_MR_JOBS]}
     assert {job["name"]: job["when"] for job in everything} == expected
 
 
-def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
+def test_gitlab_ci_local_preview_keeps_stages_and_jobs(ci_checkout: Path, tmp_path: Path) -> None:
     preview = yaml.safe_load(_gitlab_ci_local(ci_checkout, tmp_path / "home", "--preview"))
     stages = [stage for stage in preview["stages"] if not stage.startswith(".")]
-    assert stages == [stage for _, stage in EXPECTED_JOBS[ci_mode]]
-    for job, stage in EXPECTED_JOBS[ci_mode]:
+    assert stages == [stage for _, stage in EXPECTED_JOBS] == list(STAGES)
+    for job, stage in EXPECTED_JOBS:
         assert preview[job]["stage"] == stage
-    if ci_mode == API:
-        assert stages == list(STAGES)
-        assert preview[JOB_OPEN_MR]["needs"][0]["job"] == JOB_UPDATE_MANIFEST
-    else:
-        assert JOB_OPEN_MR not in preview
-        assert "artifacts" not in preview[JOB_UPDATE_MANIFEST]
+    assert preview[JOB_UPDATE_MANIFEST]["needs"][0]["job"] == JOB_BUILD
+
+
+def test_gitlab_ci_local_runs_only_the_build_check_for_merge_requests(ci_checkout: Path, tmp_path: Path) -> None:
+    git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
+    args = ["--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--variable", "CI_MERGE_REQUEST_IID=7"]
+    out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json", *args)
+    # A warning about the overridden predefined variable comes first, on stdout.
+    everything = json.loads(out[out.index("\n[") + 1 :] if not out.startswith("[") else out)
+    running = {job["name"] for job in everything if job["when"] != "never"}
+    assert running == {job for job, _ in EXPECTED_MR_JOBS}
 
 
 # --------------------------------------------------------------------------- loopback services
@@ -507,22 +508,42 @@ class RecordedRequest:
 
 
 @dataclass
+class MergeRequest:
+    iid: int
+    source_branch: str
+    target_branch: str
+    title: str
+    description: str
+    state: str = "opened"
+
+
+@dataclass
 class FakeMergeRequestApi:
-    """Answers POST /projects/:id/merge_requests like GitLab: 201, then 409 for an open one."""
+    """Answers GitLab's merge request calls as GitLab does: create (201, or 409 for a branch with
+    an open one), list by source branch and state, and update title and description."""
 
     base_url: str = ""
     requests: list[RecordedRequest] = field(default_factory=list)
-    open_source_branches: set[str] = field(default_factory=set)
+    merge_requests: list[MergeRequest] = field(default_factory=list)
     forced_status: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def opened(self) -> list[MergeRequest]:
+        return [mr for mr in self.merge_requests if mr.state == "opened"]
+
+    def creates(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "POST"]
+
 
 def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
+    collection = re.compile(r"/api/v4/projects/([^/]+)/merge_requests")
+    single = re.compile(r"/api/v4/projects/([^/]+)/merge_requests/(\d+)")
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
+        def _answer(self, status: int, body: Any) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -530,37 +551,79 @@ def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:
+        def _read(self, method: str) -> tuple[str, dict[str, str]]:
+            url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length", "0"))
-            raw = self.rfile.read(length).decode()
+            raw = self.rfile.read(length).decode() if length else ""
             if self.headers.get("Content-Type", "").startswith("application/json"):
                 form = {k: str(v) for k, v in json.loads(raw).items()}
             else:
-                form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-            request = RecordedRequest("POST", self.path, dict(self.headers.items()), form)
+                form = {k: v[-1] for k, v in parse_qs(raw or url.query, keep_blank_values=True).items()}
+            api.requests.append(RecordedRequest(method, url.path, dict(self.headers.items()), form))
+            return url.path, form
+
+        def _refused(self) -> bool:
+            if api.forced_status is not None:
+                self._answer(api.forced_status, {"message": "forced failure"})
+                return True
+            if self.headers.get("PRIVATE-TOKEN") != GITLAB_TOKEN:
+                self._answer(401, {"message": "401 Unauthorized"})
+                return True
+            return False
+
+        def do_POST(self) -> None:
             with api.lock:
-                api.requests.append(request)
-                if api.forced_status is not None:
-                    self._answer(api.forced_status, {"message": "forced failure"})
+                path, form = self._read("POST")
+                if self._refused():
                     return
-                match = re.fullmatch(r"/api/v4/projects/([^/]+)/merge_requests", self.path)
-                if not match:
+                if not collection.fullmatch(path):
                     self._answer(404, {"message": "404 Not Found"})
-                    return
-                if self.headers.get("PRIVATE-TOKEN") != GITLAB_TOKEN:
-                    self._answer(401, {"message": "401 Unauthorized"})
                     return
                 if not form.get("source_branch") or not form.get("target_branch"):
                     self._answer(400, {"message": "source_branch and target_branch required"})
                     return
-                if form["source_branch"] in api.open_source_branches:
-                    self._answer(
-                        409,
-                        {"message": ["Another open merge request already exists for this source branch"]},
-                    )
+                if any(mr.source_branch == form["source_branch"] for mr in api.opened()):
+                    self._answer(409, {"message": ["Another open merge request already exists for this source branch"]})
                     return
-                api.open_source_branches.add(form["source_branch"])
-                self._answer(201, {"iid": len(api.open_source_branches), "state": "opened"})
+                mr = MergeRequest(
+                    len(api.merge_requests) + 1,
+                    form["source_branch"],
+                    form["target_branch"],
+                    form.get("title", ""),
+                    form.get("description", ""),
+                )
+                api.merge_requests.append(mr)
+                self._answer(201, {"id": 9000 + mr.iid, "iid": mr.iid, "state": mr.state})
+
+        def do_GET(self) -> None:
+            with api.lock:
+                path, form = self._read("GET")
+                if self._refused():
+                    return
+                if not collection.fullmatch(path):
+                    self._answer(404, {"message": "404 Not Found"})
+                    return
+                found = [
+                    # GitLab lists the MR's own id first; nested objects carry ids of their own.
+                    {"id": 9000 + mr.iid, "iid": mr.iid, "title": mr.title, "milestone": {"id": 1, "iid": 77}}
+                    for mr in api.merge_requests
+                    if mr.source_branch == form.get("source_branch") and mr.state == form.get("state", mr.state)
+                ]
+                self._answer(200, found)
+
+        def do_PUT(self) -> None:
+            with api.lock:
+                path, form = self._read("PUT")
+                if self._refused():
+                    return
+                match = single.fullmatch(path)
+                mr = next((m for m in api.merge_requests if match and m.iid == int(match.group(2))), None)
+                if mr is None:
+                    self._answer(404, {"message": "404 Not Found"})
+                    return
+                mr.title = form.get("title", mr.title)
+                mr.description = form.get("description", mr.description)
+                self._answer(200, {"iid": mr.iid, "title": mr.title})
 
     return Handler
 
@@ -590,15 +653,10 @@ class Manifest:
     head: str
 
 
-def starter_chart(app_version: str = "0.0.0") -> dict[str, str]:
+def starter_chart(app_version: str | None = None) -> dict[str, str]:
     """The project's own starter chart, as the manifest project is seeded with it."""
-    return render_chart(
-        ChartSpec(
-            name="webapp",
-            image_repository="docker.io/acme/webapp",
-            app_version=app_version,
-        )
-    )
+    spec = ChartSpec(name="webapp", image_repository="docker.io/acme/webapp")
+    return render_chart(spec if app_version is None else ChartSpec(spec.name, spec.image_repository, app_version))
 
 
 def seed_manifest(root: Path, chart_yaml: str | None = None) -> Manifest:
@@ -626,6 +684,57 @@ def seed_manifest(root: Path, chart_yaml: str | None = None) -> Manifest:
 def refs(bare: Path) -> dict[str, str]:
     out = git("--git-dir", str(bare), "for-each-ref", "--format=%(refname) %(objectname)")
     return dict(line.split(" ", 1) for line in out.splitlines())
+
+
+def chart_at(bare: Path, ref: str) -> dict[str, Any]:
+    chart: dict[str, Any] = yaml.safe_load(git("--git-dir", str(bare), "show", f"{ref}:Chart.yaml"))
+    return chart
+
+
+@dataclass
+class AppRepo:
+    """The app project's repository with real history, as a runner checks it out (GIT_DEPTH 0)."""
+
+    path: Path
+
+    def commit(self, change: str) -> str:
+        (self.path / "app.txt").write_text(change + "\n")
+        git("add", "app.txt", cwd=self.path)
+        git("-c", "user.name=Dev", "-c", "user.email=dev@example.invalid", "commit", "-q", "-m", change, cwd=self.path)
+        return git("rev-parse", "HEAD", cwd=self.path).strip()
+
+
+def make_app(root: Path) -> AppRepo:
+    path = root / "app-repo"
+    path.mkdir()
+    git("init", "-q", "-b", "main", cwd=path)
+    return AppRepo(path)
+
+
+def fake_digest(commit: str, salt: str = "") -> str:
+    """The digest the buildctl stand-in reports for a build of ``commit``: a rebuild (salt) differs."""
+    return "sha256:" + hashlib.sha256((commit + salt).encode()).hexdigest()
+
+
+def buildctl_stub(tmp_path: Path, *lines: str) -> Path:
+    """A PATH directory whose buildctl-daemonless.sh runs ``lines`` and, like BuildKit, writes the
+    metadata file it is given with the pushed image's digest (``fake_digest``)."""
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir(exist_ok=True)
+    stub = stub_dir / "buildctl-daemonless.sh"
+    stub.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"{line}\n" for line in lines)
+        + 'meta=""; prev=""\n'
+        + 'for arg in "$@"; do if [ "$prev" = "--metadata-file" ]; then meta="$arg"; fi; prev="$arg"; done\n'
+        + 'if [ -n "$meta" ]; then\n'
+        + '  digest="$(printf \'%s%s\' "$CI_COMMIT_SHA" "${STUB_SALT:-}" | sha256sum | cut -d\' \' -f1)"\n'
+        + '  printf \'{\\n  "buildx.build.ref": "stub",\\n  "containerimage.digest": "sha256:%s",\\n'
+        + '  "image.name": "%s"\\n}\\n\' "$digest" "$IMAGE_REPOSITORY:$IMAGE_TAG" > "$meta"\n'
+        + "fi\n"
+    )
+    stub.chmod(0o755)
+    return stub_dir
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -666,8 +775,9 @@ class Runner:
         for source in (document["variables"], document[job].get("variables", {})):
             for key, value in source.items():
                 env[key] = _expand(str(value), env)
-        dotenv = self.project_dir / MANIFEST_DOTENV
-        if job == JOB_OPEN_MR and dotenv.exists():
+        # `needs: artifacts` hands the build's dotenv report over, as GitLab does.
+        dotenv = self.project_dir / BUILD_DOTENV
+        if any(need["job"] == JOB_BUILD for need in document[job].get("needs", [])) and dotenv.exists():
             for line in dotenv.read_text().splitlines():
                 key, _, value = line.partition("=")
                 env[key] = value
@@ -691,17 +801,28 @@ class Runner:
             assert secret not in run.stdout + run.stderr, f"{job} printed a secret"
         return run
 
+    def deliver(self) -> JobRun:
+        """The default branch's pipeline: build-image, then update-manifest with its digest."""
+        build = self.run(JOB_BUILD)
+        assert build.returncode == 0, build.stderr
+        return self.run(JOB_UPDATE_MANIFEST)
+
 
 @pytest.fixture
 def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi) -> Iterator[Any]:
     require_tool("curl")
     counter = iter(range(1, 1000))
+    stub_dir = buildctl_stub(tmp_path)
 
-    def make(manifest: Manifest, short_sha: str, known_hosts: Path | None = None, merge_request_via: str = API) -> Runner:
+    def make(
+        manifest: Manifest,
+        app: AppRepo,
+        commit: str,
+        known_hosts: Path | None = None,
+        merge_request_via: str = API,
+    ) -> Runner:
         index = next(counter)
-        project = tmp_path / f"project-{index}"
         home = tmp_path / f"home-{index}"
-        project.mkdir()
         home.mkdir()
         # File variables: the job receives paths; GitLab's files end in a newline.
         key_file = tmp_path / f"SSH_PRIVATE_KEY-{index}"
@@ -719,7 +840,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         }
         return Runner(
             spec=spec,
-            project_dir=project,
+            project_dir=app.path,
             home=home,
             # Only what the project must define: a job reading anything else would fail here.
             secrets={name: secrets[name] for name in required_variables(spec)},
@@ -730,63 +851,211 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
                 "CI_DEFAULT_BRANCH": "main",
                 "CI_COMMIT_REF_NAME": "main",
                 "CI_COMMIT_REF_SLUG": "main",
-                "CI_COMMIT_SHORT_SHA": short_sha,
-                "CI_COMMIT_SHA": short_sha + "0" * (40 - len(short_sha)),
+                "CI_COMMIT_SHORT_SHA": commit[:8],
+                "CI_COMMIT_SHA": commit,
                 "CI_API_V4_URL": mr_api.base_url,
             },
             # Keep the retry loop bounded but quick under test.
             overrides={"RETRY_DELAY": "0"},
+            path_prefix=[str(stub_dir)],
             never_printed=[line for line in key_material.splitlines()[1:-1] if len(line) > 20],
         )
 
     yield make
 
 
-def chart_at(bare: Path, ref: str) -> dict[str, Any]:
-    return yaml.safe_load(git("--git-dir", str(bare), "show", f"{ref}:Chart.yaml"))
+def bot_branches(manifest: Manifest) -> set[str]:
+    return {ref for ref in refs(manifest.bare) if ref != "refs/heads/main"}
 
 
-def test_update_manifest_and_open_mr_end_to_end(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
-    manifest = seed_manifest(tmp_path)
-    runner: Runner = runner_factory(manifest, "a1b2c3d4")
-    tag = "main-a1b2c3d4"
-    branch = f"{BRANCH_PREFIX}{tag}"
-
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    after_first = refs(manifest.bare)
-    assert set(after_first) == {"refs/heads/main", f"refs/heads/{branch}"}
-    assert after_first["refs/heads/main"] == manifest.head
-    assert chart_at(manifest.bare, branch)["appVersion"] == tag
-    # Only the appVersion line changed; the rest of the chart is byte-for-byte the seed.
-    diff = git("--git-dir", str(manifest.bare), "diff", "--unified=0", "main", branch)
-    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    assert changed == ['-appVersion: "0.0.0"', f'+appVersion: "{tag}"']
-    # One bot commit straight on top of the default branch.
-    log = git("--git-dir", str(manifest.bare), "log", "--format=%P|%an|%ae", f"main..{branch}")
+def assert_proposes(manifest: Manifest, commit: str, digest: str | None = None) -> None:
+    """The deploy branch proposes the build of ``commit``: tag, digest and app commit, on top of main."""
+    chart = chart_at(manifest.bare, DEPLOY_BRANCH)
+    assert chart["appVersion"] == f"main-{commit[:8]}"
+    assert chart["annotations"] == {DIGEST_ANNOTATION: digest or fake_digest(commit), COMMIT_ANNOTATION: commit}
+    log = git("--git-dir", str(manifest.bare), "log", "--format=%P|%an|%ae", f"main..{DEPLOY_BRANCH}")
     assert log.strip().splitlines() == [f"{manifest.head}|Chart Bot|chart-bot@example.invalid"]
-    assert (runner.project_dir / MANIFEST_DOTENV).read_text() == "MANIFEST_MR_NEEDED=true\n"
 
-    open_mr = runner.run(JOB_OPEN_MR)
-    assert open_mr.returncode == 0, open_mr.stderr
-    assert len(mr_api.requests) == 1
-    request = mr_api.requests[0]
-    assert request.path == f"/api/v4/projects/{PROJECT_ID}/merge_requests"
-    assert request.headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
-    assert request.form["source_branch"] == branch
-    assert request.form["target_branch"] == "main"
-    assert tag in request.form["title"]
-    assert request.form["remove_source_branch"] == "true"
 
-    # A re-run of both jobs for the same tag succeeds and changes nothing.
-    assert runner.run(JOB_UPDATE_MANIFEST).returncode == 0
-    assert refs(manifest.bare) == after_first
-    rerun_mr = runner.run(JOB_OPEN_MR)
-    assert rerun_mr.returncode == 0, rerun_mr.stderr
-    assert len(mr_api.requests) == 2
-    assert mr_api.requests[1].form["source_branch"] == branch
-    assert mr_api.open_source_branches == {branch}
-    assert "already open" in rerun_mr.stdout
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_two_commits_roll_one_branch_and_one_merge_request(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, mode: str
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    log = record_push_options(manifest)
+    app = make_app(tmp_path)
+    first, second = app.commit("first"), app.commit("second")
+
+    run = runner_factory(manifest, app, first, merge_request_via=mode).deliver()
+    assert run.returncode == 0, run.stderr
+    assert bot_branches(manifest) == {f"refs/heads/{DEPLOY_BRANCH}"}
+    assert_proposes(manifest, first)
+    # Only appVersion and the two annotations changed; the rest of the chart is the seed's.
+    diff = git("--git-dir", str(manifest.bare), "diff", "--unified=0", "main", DEPLOY_BRANCH)
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert len(changed) == 6 and all(("appVersion" in line or "gitops-bootstrap/" in line) for line in changed)
+
+    second_runner = runner_factory(manifest, app, second, merge_request_via=mode)
+    run = second_runner.deliver()
+    assert run.returncode == 0, run.stderr
+    assert bot_branches(manifest) == {f"refs/heads/{DEPLOY_BRANCH}"}
+    assert_proposes(manifest, second)
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+
+    if mode == API:
+        # One merge request, opened by the first run and retitled by the second.
+        assert [(mr.source_branch, mr.target_branch) for mr in mr_api.merge_requests] == [(DEPLOY_BRANCH, "main")]
+        assert mr_api.merge_requests[0].title == f"Deploy main-{second[:8]}"
+        assert fake_digest(second) in mr_api.merge_requests[0].description
+        assert [r.method for r in mr_api.requests] == ["POST", "POST", "GET", "PUT"]
+        assert mr_api.requests[0].form["remove_source_branch"] == "true"
+    else:
+        # Each push asked for the merge request; GitLab keeps one per source branch.
+        assert pushes_logged(log) == [expected_push_options(first), expected_push_options(second)]
+        assert mr_api.requests == []
+
+    # A re-run for the same commit changes nothing: no push, no API call.
+    before, calls, pushes = refs(manifest.bare), len(mr_api.requests), len(pushes_logged(log))
+    rerun = second_runner.deliver()
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{DEPLOY_BRANCH} already proposes main-{second[:8]}@{fake_digest(second)}" in rerun.stdout
+    assert refs(manifest.bare) == before
+    assert len(mr_api.requests) == calls and len(pushes_logged(log)) == pushes
+
+
+def test_an_older_build_never_replaces_a_newer_one(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    older, newer = app.commit("older"), app.commit("newer")
+    assert runner_factory(manifest, app, newer).deliver().returncode == 0
+    proposed = refs(manifest.bare)
+    # The older commit's pipeline finishes last.
+    late = runner_factory(manifest, app, older).deliver()
+    assert late.returncode == 0, late.stderr
+    assert f"carries app commit {newer}, which is not older than {older}" in late.stdout
+    assert refs(manifest.bare) == proposed
+    assert_proposes(manifest, newer)
+    assert len(mr_api.creates()) == 1
+
+
+def test_a_rebuild_with_a_new_digest_updates_the_merge_request(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    commit = app.commit("only")
+    runner = runner_factory(manifest, app, commit)
+    assert runner.deliver().returncode == 0
+    # The same tag pushed again by a re-run of the build: a new digest.
+    runner.overrides["STUB_SALT"] = "rebuild"
+    run = runner.deliver()
+    assert run.returncode == 0, run.stderr
+    assert_proposes(manifest, commit, fake_digest(commit, "rebuild"))
+    assert len(mr_api.merge_requests) == 1
+    assert fake_digest(commit, "rebuild") in mr_api.merge_requests[0].description
+
+
+def test_what_the_default_branch_deploys_is_not_proposed_again(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    app = make_app(tmp_path)
+    older, merged = app.commit("older"), app.commit("merged")
+    # The MR for `merged` was merged: main carries its build.
+    chart = starter_chart(f"main-{merged[:8]}")["Chart.yaml"]
+    chart = chart.replace(f'{DIGEST_ANNOTATION}: ""', f'{DIGEST_ANNOTATION}: "{fake_digest(merged)}"')
+    chart = chart.replace(f'{COMMIT_ANNOTATION}: ""', f'{COMMIT_ANNOTATION}: "{merged}"')
+    manifest = seed_manifest(tmp_path, chart)
+    for commit in (merged, older):
+        run = runner_factory(manifest, app, commit).deliver()
+        assert run.returncode == 0, run.stderr
+        assert bot_branches(manifest) == set()
+    assert mr_api.requests == []
+    # A newer commit is proposed as usual.
+    newest = app.commit("newest")
+    assert runner_factory(manifest, app, newest).deliver().returncode == 0
+    assert_proposes(manifest, newest)
+
+
+def test_an_unknown_recorded_commit_stops_the_job(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
+    app = make_app(tmp_path)
+    commit = app.commit("only")
+    stranger = "0123456789abcdef0123456789abcdef01234567"
+    chart = starter_chart("main-01234567")["Chart.yaml"].replace(f'{COMMIT_ANNOTATION}: ""', f'{COMMIT_ANNOTATION}: "{stranger}"')
+    manifest = seed_manifest(tmp_path, chart)
+    run = runner_factory(manifest, app, commit).deliver()
+    assert run.returncode != 0
+    assert f"carries app commit {stranger}, which is not in the default branch history" in run.stderr
+    assert bot_branches(manifest) == set()
+    assert mr_api.requests == []
+
+
+def test_a_chart_without_annotations_gets_them(tmp_path: Path, runner_factory: Any) -> None:
+    # A chart seeded before digests were recorded, and one with no appVersion at all.
+    for index, seed in enumerate((CHART_SEED, CHART_SEED.replace('appVersion: "0.0.0"\n', ""))):
+        root = tmp_path / f"case-{index}"
+        root.mkdir()
+        manifest = seed_manifest(root, seed)
+        app = make_app(root)
+        commit = app.commit("first")
+        run = runner_factory(manifest, app, commit).deliver()
+        assert run.returncode == 0, run.stderr
+        assert_proposes(manifest, commit)
+
+
+def test_ssh_key_file_is_copied_with_tight_mode(tmp_path: Path, runner_factory: Any) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    runner = runner_factory(manifest, app, app.commit("first"))
+    key_path = Path(runner.secrets["SSH_PRIVATE_KEY"])
+    assert runner.deliver().returncode == 0
+    # The runner's file is left as given; ssh accepted the job's own 0400 copy.
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o644
+    assert bot_branches(manifest) == {f"refs/heads/{DEPLOY_BRANCH}"}
+
+
+def test_wrong_host_key_fails_and_pushes_nothing(
+    tmp_path: Path, runner_factory: Any, ssh_server: SshServer, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    before = refs(manifest.bare)
+    app = make_app(tmp_path)
+    run = runner_factory(manifest, app, app.commit("first"), known_hosts=ssh_server.wrong_known_hosts).deliver()
+    assert run.returncode != 0
+    assert "Host key verification failed" in run.stderr
+    assert refs(manifest.bare) == before
+    assert mr_api.requests == []
+
+
+@pytest.mark.parametrize("status", [400, 403, 422, 500])
+def test_a_failed_merge_request_call_puts_the_branch_back(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, status: int
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    runner = runner_factory(manifest, app, app.commit("first"))
+    mr_api.forced_status = status
+    started = time.monotonic()
+    run = runner.deliver()
+    assert run.returncode != 0
+    assert f"HTTP {status}" in run.stderr
+    assert time.monotonic() - started < RUN_TIMEOUT
+    # Put back (here: removed), so a re-run proposes again instead of finding it proposed.
+    assert bot_branches(manifest) == set()
+    mr_api.forced_status = None
+    rerun = runner.deliver()
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(mr_api.opened()) == 1
+
+
+def test_a_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    runner = runner_factory(manifest, app, app.commit("first"))
+    runner.secrets["GITLAB_PRIVATE_TOKEN"] = "glpat-not-the-right-one"
+    run = runner.deliver()
+    assert run.returncode != 0
+    assert "HTTP 401" in run.stderr
+    assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == "glpat-not-the-right-one"
 
 
 # --------------------------------------------------------------------------- push options
@@ -831,187 +1100,42 @@ def pushes_logged(log: Path) -> list[list[str]]:
     return [options for _, options in pushes]
 
 
-def expected_push_options(tag: str) -> list[str]:
+def expected_push_options(commit: str) -> list[str]:
     return [
         "merge_request.create",
         "merge_request.target=main",
-        f"merge_request.title=Deploy image tag {tag}",
+        f"merge_request.title=Deploy main-{commit[:8]}",
         "merge_request.remove_source_branch",
     ]
 
 
-def test_push_options_open_the_merge_request_without_a_token(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
-) -> None:
+def test_push_options_refused_by_gitlab_put_the_branch_back(tmp_path: Path, runner_factory: Any) -> None:
     manifest = seed_manifest(tmp_path)
     log = record_push_options(manifest)
-    runner: Runner = runner_factory(manifest, "b0a710ad", merge_request_via=PUSH_OPTIONS)
-    assert "GITLAB_PRIVATE_TOKEN" not in runner.secrets
-    tag = "main-b0a710ad"
-    branch = f"{BRANCH_PREFIX}{tag}"
-
-    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/101"
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    assert set(refs(manifest.bare)) == {"refs/heads/main", f"refs/heads/{branch}"}
-    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
-    assert chart_at(manifest.bare, branch)["appVersion"] == tag
-    assert pushes_logged(log) == [expected_push_options(tag)]
-    assert not (runner.project_dir / MANIFEST_DOTENV).exists()
-    assert mr_api.requests == []
-
-    # A re-run for the same tag succeeds and asks again; GitLab keeps the one open MR.
-    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/102"
-    rerun = runner.run(JOB_UPDATE_MANIFEST)
-    assert rerun.returncode == 0, rerun.stderr
-    assert set(refs(manifest.bare)) == {"refs/heads/main", f"refs/heads/{branch}"}
-    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
-    assert chart_at(manifest.bare, branch)["appVersion"] == tag
-    assert pushes_logged(log) == [expected_push_options(tag)] * 2
-    # Still a single bot commit on top of the default branch, now from the second job.
-    commits = git("--git-dir", str(manifest.bare), "log", "--format=%P|%B", f"main..{branch}")
-    assert commits.count(f"{manifest.head}|") == 1
-    assert "jobs/102" in commits and "jobs/101" not in commits
-    assert mr_api.requests == []
-
-
-def test_push_options_refused_by_gitlab_fails_the_job(tmp_path: Path, runner_factory: Any) -> None:
-    manifest = seed_manifest(tmp_path)
-    log = record_push_options(manifest)
-    runner: Runner = runner_factory(manifest, "0ddba110", merge_request_via=PUSH_OPTIONS)
+    app = make_app(tmp_path)
+    commit = app.commit("first")
+    runner = runner_factory(manifest, app, commit, merge_request_via=PUSH_OPTIONS)
     Path(f"{log}.refuse").touch()
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode != 0
-    assert "remote: Error encountered with push options" in update.stdout + update.stderr
-    assert "GitLab did not open the merge request" in update.stderr
-    # Once GitLab accepts, a re-run succeeds: it pushes, and so asks, again.
+    run = runner.deliver()
+    assert run.returncode != 0
+    assert "remote: Error encountered with push options" in run.stdout + run.stderr
+    assert "GitLab did not open the merge request" in run.stderr
+    # The branch is gone again (the second push, with no options, deleted it) ...
+    assert bot_branches(manifest) == set()
+    assert pushes_logged(log) == [expected_push_options(commit), []]
+    # ... so once GitLab accepts, a re-run pushes, and so asks, again.
     Path(f"{log}.refuse").unlink()
-    runner.predefined["CI_JOB_URL"] = "https://gitlab.example.invalid/acme/app/-/jobs/7"
-    rerun = runner.run(JOB_UPDATE_MANIFEST)
+    rerun = runner.deliver()
     assert rerun.returncode == 0, rerun.stderr
-    assert pushes_logged(log) == [expected_push_options("main-0ddba110")] * 2
+    assert pushes_logged(log) == [expected_push_options(commit), [], expected_push_options(commit)]
+    assert_proposes(manifest, commit)
 
 
-def test_push_options_default_branch_already_at_tag_pushes_nothing(tmp_path: Path, runner_factory: Any) -> None:
-    manifest = seed_manifest(tmp_path, CHART_SEED.replace('"0.0.0"', '"main-5eed5eed"'))
-    log = record_push_options(manifest)
-    runner: Runner = runner_factory(manifest, "5eed5eed", merge_request_via=PUSH_OPTIONS)
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    assert "main already has appVersion main-5eed5eed" in update.stdout
-    assert set(refs(manifest.bare)) == {"refs/heads/main"}
-    assert pushes_logged(log) == []
-    assert not (runner.project_dir / MANIFEST_DOTENV).exists()
+# --------------------------------------------------------------------------- build jobs
 
 
-def test_ssh_key_file_is_copied_with_tight_mode(tmp_path: Path, runner_factory: Any) -> None:
-    manifest = seed_manifest(tmp_path)
-    runner: Runner = runner_factory(manifest, "0badcafe")
-    key_path = Path(runner.secrets["SSH_PRIVATE_KEY"])
-    assert runner.run(JOB_UPDATE_MANIFEST).returncode == 0
-    # The runner's file is left as given; ssh accepted the job's own 0400 copy.
-    assert stat.S_IMODE(key_path.stat().st_mode) == 0o644
-    assert f"refs/heads/{BRANCH_PREFIX}main-0badcafe" in refs(manifest.bare)
-
-
-def test_wrong_host_key_fails_and_pushes_nothing(
-    tmp_path: Path,
-    runner_factory: Any,
-    ssh_server: SshServer,
-    mr_api: FakeMergeRequestApi,
-) -> None:
-    manifest = seed_manifest(tmp_path)
-    before = refs(manifest.bare)
-    runner: Runner = runner_factory(manifest, "deadbeef", known_hosts=ssh_server.wrong_known_hosts)
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode != 0
-    assert "Host key verification failed" in update.stderr
-    assert refs(manifest.bare) == before
-    assert mr_api.requests == []
-
-
-def test_stale_branch_for_same_tag_is_replaced(tmp_path: Path, runner_factory: Any) -> None:
-    manifest = seed_manifest(tmp_path)
-    tag = "main-5ca1ab1e"
-    branch = f"{BRANCH_PREFIX}{tag}"
-    # Someone left the bot branch pointing at the unchanged chart.
-    git("--git-dir", str(manifest.bare), "branch", branch, "main")
-    runner: Runner = runner_factory(manifest, "5ca1ab1e")
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    assert chart_at(manifest.bare, branch)["appVersion"] == tag
-    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        'appVersion: "main-feedf00d"',
-        "appVersion: main-feedf00d",
-        "appVersion: 'main-feedf00d'  # set by CI",
-    ],
-)
-def test_default_branch_already_at_tag_needs_no_branch_or_mr(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, line: str
-) -> None:
-    manifest = seed_manifest(tmp_path, CHART_SEED.replace('appVersion: "0.0.0"', line))
-    runner: Runner = runner_factory(manifest, "feedf00d")
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    assert set(refs(manifest.bare)) == {"refs/heads/main"}
-    assert (runner.project_dir / MANIFEST_DOTENV).read_text() == "MANIFEST_MR_NEEDED=false\n"
-    open_mr = runner.run(JOB_OPEN_MR)
-    assert open_mr.returncode == 0, open_mr.stderr
-    assert mr_api.requests == []
-
-
-def test_chart_without_app_version_gets_one(tmp_path: Path, runner_factory: Any) -> None:
-    manifest = seed_manifest(tmp_path, CHART_SEED.replace('appVersion: "0.0.0"\n', ""))
-    runner: Runner = runner_factory(manifest, "c0ffee00")
-    update = runner.run(JOB_UPDATE_MANIFEST)
-    assert update.returncode == 0, update.stderr
-    assert chart_at(manifest.bare, f"{BRANCH_PREFIX}main-c0ffee00")["appVersion"] == "main-c0ffee00"
-
-
-@pytest.mark.parametrize("status", [400, 403, 422, 500])
-def test_open_mr_fails_on_other_statuses(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, status: int) -> None:
-    manifest = seed_manifest(tmp_path)
-    runner: Runner = runner_factory(manifest, "abad1dea")
-    mr_api.forced_status = status
-    runner.overrides["CI_API_V4_URL"] = mr_api.base_url
-    started = time.monotonic()
-    open_mr = runner.run(JOB_OPEN_MR)
-    assert open_mr.returncode != 0
-    assert f"HTTP {status}" in open_mr.stderr
-    assert mr_api.requests, "the job never reached the API"
-    assert time.monotonic() - started < RUN_TIMEOUT
-
-
-def test_open_mr_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
-    manifest = seed_manifest(tmp_path)
-    runner: Runner = runner_factory(manifest, "7e57c0de")
-    runner.secrets["GITLAB_PRIVATE_TOKEN"] = "glpat-not-the-right-one"
-    open_mr = runner.run(JOB_OPEN_MR)
-    assert open_mr.returncode != 0
-    assert "HTTP 401" in open_mr.stderr
-    assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == "glpat-not-the-right-one"
-
-
-# --------------------------------------------------------------------------- build job
-
-
-def buildctl_stub(tmp_path: Path, *lines: str) -> Path:
-    """A PATH directory whose buildctl-daemonless.sh only runs ``lines``: a recording stand-in."""
-    stub_dir = tmp_path / "bin"
-    stub_dir.mkdir()
-    stub = stub_dir / "buildctl-daemonless.sh"
-    stub.write_text("#!/bin/sh\n" + "".join(f"{line}\n" for line in lines))
-    stub.chmod(0o755)
-    return stub_dir
-
-
-def build_runner(tmp_path: Path, stub_dir: Path, secrets: dict[str, str], ref_slug: str) -> Runner:
-    """A runner for the build jobs of commit 1234abcd on ``ref_slug``, with the stand-in first on PATH."""
+def build_runner(tmp_path: Path, stub_dir: Path, secrets: dict[str, str], ref_slug: str, **predefined: str) -> Runner:
+    """A runner for the build jobs of commit 1234abcd… on ``ref_slug``, with the stand-in first on PATH."""
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
     home.mkdir()
@@ -1020,13 +1144,23 @@ def build_runner(tmp_path: Path, stub_dir: Path, secrets: dict[str, str], ref_sl
         project_dir=project,
         home=home,
         secrets=secrets,
-        predefined={"CI_COMMIT_REF_SLUG": ref_slug, "CI_COMMIT_SHORT_SHA": "1234abcd", "CI_COMMIT_SHA": "1234abcd" + "0" * 32},
+        predefined={
+            "CI_COMMIT_REF_SLUG": ref_slug,
+            "CI_COMMIT_SHORT_SHA": "1234abcd",
+            "CI_COMMIT_SHA": "1234abcd" + "0" * 32,
+            **predefined,
+        },
         path_prefix=[str(stub_dir)],
     )
 
 
-def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> None:
-    """Runs the build script with a recording stand-in for buildctl-daemonless.sh."""
+def buildctl_pairs(record: Path) -> list[tuple[str, str]]:
+    args = record.read_text().splitlines()
+    assert args[:3] == ["build", "--frontend", "dockerfile.v0"]
+    return list(zip(args[1::2], args[2::2], strict=False))
+
+
+def test_build_job_pushes_records_the_digest_and_caches_in_the_project_registry(tmp_path: Path) -> None:
     record = tmp_path / "buildctl-args"
     config_copy = tmp_path / "config-copy.json"
     stub_dir = buildctl_stub(
@@ -1035,135 +1169,139 @@ def test_build_job_writes_registry_auth_and_calls_buildctl(tmp_path: Path) -> No
         f'cp "$HOME/.docker/config.json" "{config_copy}"',
         f'stat -c %a "$HOME/.docker/config.json" > "{record}.mode"',
     )
-    runner = build_runner(tmp_path, stub_dir, {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN}, "main")
+    registry_password = "glcbt-TestOnlyJobToken-77"
+    runner = build_runner(
+        tmp_path,
+        stub_dir,
+        {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN},
+        "main",
+        CI_REGISTRY="registry.gitlab.example",
+        CI_REGISTRY_IMAGE="registry.gitlab.example/acme/webapp",
+        CI_REGISTRY_USER="gitlab-ci-token",
+        CI_REGISTRY_PASSWORD=registry_password,
+    )
+    runner.never_printed.append(registry_password)
     assert runner.env_for(JOB_BUILD)["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     build = runner.run(JOB_BUILD)
     assert build.returncode == 0, build.stderr
+    # Docker Hub for the image, the job token for the project's registry.
     config = json.loads(config_copy.read_text())
-    assert config == {"auths": {"https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN}}}
+    assert config == {
+        "auths": {
+            "https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN},
+            "registry.gitlab.example": {"auth": "Z2l0bGFiLWNpLXRva2VuOmdsY2J0LVRlc3RPbmx5Sm9iVG9rZW4tNzc="},
+        }
+    }
     assert Path(f"{record}.mode").read_text().strip() == "600"
-    args = record.read_text().splitlines()
-    assert args[:2] == ["build", "--frontend"] and args[2] == "dockerfile.v0"
-    pairs = list(zip(args[1::2], args[2::2], strict=False))
+    pairs = buildctl_pairs(record)
     assert ("--local", "context=.") in pairs and ("--local", "dockerfile=.") in pairs
-    assert (
-        "--output",
-        "type=image,name=docker.io/acme/webapp:main-1234abcd,push=true",
-    ) in pairs
-    export = dict(pairs)["--export-cache"]
-    assert export.startswith("type=registry,ref=docker.io/acme/webapp:buildcache")
+    assert ("--output", "type=image,name=docker.io/acme/webapp:main-1234abcd,push=true") in pairs
+    cache = "registry.gitlab.example/acme/webapp/buildcache"
     # A failed cache export leaves the pushed image alone.
-    assert export.endswith(",ignore-error=true")
+    assert dict(pairs)["--export-cache"] == f"type=registry,ref={cache},mode=max,ignore-error=true"
+    assert dict(pairs)["--import-cache"] == f"type=registry,ref={cache}"
     opts = [value for flag, value in pairs if flag == "--opt"]
     assert opts == ["build-arg:COMMIT_HASH=1234abcd", "label:org.opencontainers.image.revision=1234abcd" + "0" * 32]
-    assert dict(pairs)["--import-cache"] == "type=registry,ref=docker.io/acme/webapp:buildcache"
+    # The digest BuildKit reported goes to update-manifest through the dotenv report.
+    digest = fake_digest("1234abcd" + "0" * 32)
+    assert (runner.project_dir / BUILD_DOTENV).read_text() == f"IMAGE_DIGEST={digest}\n"
+    assert f"Pushed docker.io/acme/webapp:main-1234abcd@{digest}" in build.stdout
 
 
-@pytest.mark.parametrize("already_released", [False, True])
-def test_gitlab_ci_local_shell_run_of_manifest_jobs(
-    tmp_path: Path,
-    ssh_server: SshServer,
-    mr_api: FakeMergeRequestApi,
-    already_released: bool,
-) -> None:
-    """gitlab-ci-local runs both manifest jobs, handing the dotenv report between them."""
-    require_tool("rsync")  # gitlab-ci-local copies the checkout with it
-    bare = tmp_path / "chart.git"
-    app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare)))
-    seeded_chart = starter_chart(tag)["Chart.yaml"] if already_released else None
-    manifest = seed_manifest(tmp_path, seeded_chart)
-    assert manifest.bare == bare
-    key = tmp_path / "SSH_PRIVATE_KEY"
-    shutil.copy(ssh_server.client_key, key)
-    # Values that are paths of existing files become file variables.
-    # Scoped as the program registers them: each deploy secret to its one job's environment.
-    (app / ".gitlab-ci-local-variables.yml").write_text(
-        yaml.safe_dump(
-            {
-                "SSH_PRIVATE_KEY": {"type": "file", "values": {ENVIRONMENT_MANIFEST: key.read_text()}},
-                "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
-                "GITLAB_PRIVATE_TOKEN": {"type": "variable", "values": {ENVIRONMENT_MERGE_REQUEST: GITLAB_TOKEN}},
-                "RETRY_DELAY": "0",
-            }
-        )
-    )
-    out = _gitlab_ci_local(
-        app,
-        tmp_path / "home",
-        "--force-shell-executor",
-        "--variable",
-        f"CI_API_V4_URL={mr_api.base_url}",
-        JOB_UPDATE_MANIFEST,
-        JOB_OPEN_MR,
-    )
-    assert GITLAB_TOKEN not in out
-    branch = f"{BRANCH_PREFIX}{tag}"
-    if already_released:
-        assert set(refs(manifest.bare)) == {"refs/heads/main"}
-        assert mr_api.requests == []
-        assert f"No merge request needed for {tag}" in out
-    else:
-        assert chart_at(manifest.bare, branch)["appVersion"] == tag
-        assert [r.form["source_branch"] for r in mr_api.requests] == [branch]
-        assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
+def test_build_job_without_a_registry_builds_without_a_cache(tmp_path: Path) -> None:
+    record = tmp_path / "buildctl-args"
+    config_copy = tmp_path / "config-copy.json"
+    stub_dir = buildctl_stub(tmp_path, f'printf "%s\\n" "$@" > "{record}"', f'cp "$HOME/.docker/config.json" "{config_copy}"')
+    # The project's container registry is off: GitLab leaves CI_REGISTRY* empty.
+    build = build_runner(tmp_path, stub_dir, {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN}, "main").run(JOB_BUILD)
+    assert build.returncode == 0, build.stderr
+    assert "without a layer cache" in build.stdout
+    flags = {flag for flag, _ in buildctl_pairs(record)}
+    assert "--export-cache" not in flags and "--import-cache" not in flags
+    assert json.loads(config_copy.read_text()) == {"auths": {"https://index.docker.io/v1/": {"auth": DOCKERHUB_TOKEN}}}
 
 
-def test_gitlab_ci_local_shell_run_with_push_options(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi) -> None:
-    """gitlab-ci-local runs the push-options pipeline's manifest job with no API token defined."""
-    require_tool("rsync")
-    bare = tmp_path / "chart.git"
-    app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=PUSH_OPTIONS))
-    manifest = seed_manifest(tmp_path)
-    log = record_push_options(manifest)
-    key = tmp_path / "SSH_PRIVATE_KEY"
-    shutil.copy(ssh_server.client_key, key)
-    (app / ".gitlab-ci-local-variables.yml").write_text(
-        yaml.safe_dump(
-            {
-                "SSH_PRIVATE_KEY": {"type": "file", "values": {ENVIRONMENT_MANIFEST: key.read_text()}},
-                "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
-                "RETRY_DELAY": "0",
-            }
-        )
-    )
-    out = _gitlab_ci_local(app, tmp_path / "home", "--force-shell-executor", JOB_UPDATE_MANIFEST)
-    assert f"Pushed {BRANCH_PREFIX}{tag} with appVersion {tag}" in out
-    assert chart_at(manifest.bare, f"{BRANCH_PREFIX}{tag}")["appVersion"] == tag
-    assert pushes_logged(log) == [expected_push_options(tag)]
-    assert mr_api.requests == []
+def test_build_job_fails_without_a_digest(tmp_path: Path) -> None:
+    # A BuildKit that wrote no metadata: nothing to pin, so no dotenv report and a failed job.
+    stub_dir = buildctl_stub(tmp_path, "exit 0")
+    runner = build_runner(tmp_path, stub_dir, {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN}, "main")
+    build = runner.run(JOB_BUILD)
+    assert build.returncode != 0
+    assert "IMAGE_DIGEST is missing" in build.stderr
+    assert not (runner.project_dir / BUILD_DOTENV).exists()
 
 
-def test_build_runner_tags_go_to_the_build_job_only() -> None:
+def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
+    """The merge-request build check runs the stand-in with push=false and no credential."""
+    record = tmp_path / "buildctl-args"
+    stub_dir = buildctl_stub(tmp_path, f'printf "%s\\n" "$@" > "{record}"', f'env > "{record}.env"')
+    runner = build_runner(tmp_path, stub_dir, {}, "feature-x")
+    check = runner.run(JOB_BUILD_CHECK)
+    assert check.returncode == 0, check.stderr
+    pairs = dict(buildctl_pairs(record))
+    assert pairs["--output"] == "type=image,name=docker.io/acme/webapp:feature-x-1234abcd,push=false"
+    assert "--export-cache" not in pairs and "--metadata-file" not in pairs
+    # No registry login was written, and no deploy credential was in its environment.
+    assert not (runner.home / ".docker" / "config.json").exists()
+    names = {line.split("=", 1)[0] for line in Path(f"{record}.env").read_text().splitlines() if "=" in line}
+    assert not names & set(SECRET_VARIABLES)
+
+
+def test_build_runner_tags_go_to_the_build_jobs_only() -> None:
     document = yaml.safe_load(render_pipeline(make_spec(build_runner_tags=("buildkit", "privileged"))))
     assert document[JOB_BUILD]["tags"] == ["buildkit", "privileged"]
+    assert document[JOB_BUILD_CHECK]["tags"] == ["buildkit", "privileged"]
     assert "tags" not in document[JOB_UPDATE_MANIFEST]
     assert "tags" not in yaml.safe_load(render_pipeline(make_spec()))[JOB_BUILD]
     with pytest.raises(ValueError, match="build_runner_tags"):
         make_spec(build_runner_tags=(" ",))
 
 
-def test_gitlab_ci_local_runs_only_the_build_check_for_merge_requests(ci_checkout: Path, ci_mode: str, tmp_path: Path) -> None:
-    git("checkout", "-q", "-b", "feature/x", cwd=ci_checkout)
-    args = ["--variable", "CI_PIPELINE_SOURCE=merge_request_event", "--variable", "CI_MERGE_REQUEST_IID=7"]
-    out = _gitlab_ci_local(ci_checkout, tmp_path / "home", "--list-json", *args)
-    # A warning about the overridden predefined variable comes first, on stdout.
-    everything = json.loads(out[out.index("\n[") + 1 :] if not out.startswith("[") else out)
-    running = {job["name"] for job in everything if job["when"] != "never"}
-    assert running == {job for job, _ in EXPECTED_MR_JOBS}
+# --------------------------------------------------------------------------- gitlab-ci-local runs
 
 
-def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
-    """Runs the merge-request build check with a recording stand-in for buildctl-daemonless.sh."""
-    record = tmp_path / "buildctl-args"
-    stub_dir = buildctl_stub(tmp_path, f'printf "%s\\n" "$@" > "{record}"', f'env > "{record}.env"')
-    runner = build_runner(tmp_path, stub_dir, {}, "feature-x")
-    home = runner.home
-    check = runner.run(JOB_BUILD_CHECK)
-    assert check.returncode == 0, check.stderr
-    pairs = dict(zip(record.read_text().splitlines()[1::2], record.read_text().splitlines()[2::2], strict=False))
-    assert pairs["--output"] == "type=image,name=docker.io/acme/webapp:feature-x-1234abcd,push=false"
-    assert "--export-cache" not in pairs
-    # No registry login was written, and no deploy credential was in its environment.
-    assert not (home / ".docker" / "config.json").exists()
-    names = {line.split("=", 1)[0] for line in Path(f"{record}.env").read_text().splitlines() if "=" in line}
-    assert not names & set(SECRET_VARIABLES)
+@pytest.mark.parametrize("mode", MERGE_REQUEST_VIA)
+def test_gitlab_ci_local_shell_run_of_the_pipeline(
+    tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi, mode: str
+) -> None:
+    """gitlab-ci-local runs both jobs, handing the digest over in the dotenv report."""
+    require_tool("rsync")  # gitlab-ci-local copies the checkout with it
+    bare = tmp_path / "chart.git"
+    app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=mode))
+    manifest = seed_manifest(tmp_path)
+    log = record_push_options(manifest)
+    key = tmp_path / "SSH_PRIVATE_KEY"
+    shutil.copy(ssh_server.client_key, key)
+    # Scoped as the program registers them: the deploy secrets to the one job's environment.
+    variables: dict[str, Any] = {
+        "SSH_PRIVATE_KEY": {"type": "file", "values": {ENVIRONMENT_MANIFEST: key.read_text()}},
+        "SSH_KNOWN_HOSTS": str(ssh_server.known_hosts),
+        "DOCKERHUB_TOKEN": DOCKERHUB_TOKEN,
+        "RETRY_DELAY": "0",
+    }
+    if mode == API:
+        variables["GITLAB_PRIVATE_TOKEN"] = {"type": "variable", "values": {ENVIRONMENT_MANIFEST: GITLAB_TOKEN}}
+    (app / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump(variables))
+    stub_dir = buildctl_stub(tmp_path)
+    out = _gitlab_ci_local(
+        app,
+        tmp_path / "home",
+        "--force-shell-executor",
+        "--variable",
+        f"CI_API_V4_URL={mr_api.base_url}",
+        JOB_BUILD,
+        JOB_UPDATE_MANIFEST,
+        path_prefix=stub_dir,
+    )
+    assert GITLAB_TOKEN not in out
+    commit = git("rev-parse", "HEAD", cwd=app).strip()
+    chart = chart_at(manifest.bare, DEPLOY_BRANCH)
+    assert chart["appVersion"] == tag
+    assert chart["annotations"] == {DIGEST_ANNOTATION: fake_digest(commit), COMMIT_ANNOTATION: commit}
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+    if mode == API:
+        assert [(mr.source_branch, mr.title) for mr in mr_api.merge_requests] == [(DEPLOY_BRANCH, f"Deploy {tag}")]
+        assert mr_api.requests[0].headers.get("PRIVATE-TOKEN") == GITLAB_TOKEN
+    else:
+        assert pushes_logged(log) == [expected_push_options(commit)]
+        assert mr_api.requests == []

@@ -26,9 +26,7 @@ from components.gitlab_host import HostFacts, ProjectRecord, adoption_warnings, 
 from components.permissions import Actor, BranchRule, gate_table, levels_from_inputs
 from components.pipeline import (
     ENVIRONMENT_MANIFEST,
-    ENVIRONMENT_MERGE_REQUEST,
     JOB_BUILD,
-    JOB_OPEN_MR,
     JOB_UPDATE_MANIFEST,
     MERGE_PUSH_OPTIONS,
     MERGE_REQUEST_VIA,
@@ -337,8 +335,10 @@ def test_each_deploy_secret_reaches_one_job(program: Callable[..., Run], mode: s
     assert scopes["SSH_PRIVATE_KEY"] == ENVIRONMENT_MANIFEST
     assert scopes["DOCKERHUB_TOKEN"] == "*"
     if mode == "api":
-        assert environments[JOB_OPEN_MR] == ENVIRONMENT_MERGE_REQUEST
-        assert scopes["GITLAB_PRIVATE_TOKEN"] == ENVIRONMENT_MERGE_REQUEST
+        # The one job that pushes the deploy branch also opens its merge request.
+        assert scopes["GITLAB_PRIVATE_TOKEN"] == ENVIRONMENT_MANIFEST
+    else:
+        assert "GITLAB_PRIVATE_TOKEN" not in scopes
     for key, scope in scopes.items():
         if scope != "*":
             assert [job for job, env in environments.items() if env == scope] != [], key
