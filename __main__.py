@@ -28,11 +28,13 @@ from components.gitlab_content import (
     BranchProtections,
     DeliveryPipeline,
     DeliveryPipelineArgs,
+    StarterApp,
+    StarterAppArgs,
     StarterChart,
     StarterChartArgs,
     chart_repo_path,
 )
-from components.gitlab_host import HostFacts, adoption_warnings, host_problems
+from components.gitlab_host import HostFacts, adoption_warnings, host_problems, seed_starter_app
 from components.gitlab_projects import GitLabProjects, read_host
 from components.kubeconfig import read_contexts
 from components.settings import KEYS, Settings, SettingsError, parse_settings
@@ -165,7 +167,7 @@ access = GitLabAccess(
     ),
 )
 
-DeliveryPipeline(
+pipeline = DeliveryPipeline(
     "delivery-pipeline",
     DeliveryPipelineArgs(
         app=projects.app,
@@ -177,7 +179,18 @@ DeliveryPipeline(
         stack=settings.stack,
         enterprise=gitlab_host.enterprise,
         build_runner_tags=settings.gitlab.build_runner_tags,
+        cache_repository=settings.app.cache_repository,
         retain=settings.gitlab.projects_on_destroy == "retain",
+    ),
+)
+
+StarterApp(
+    "starter-app",
+    StarterAppArgs(
+        app=projects.app,
+        seed=seed_starter_app(gitlab_host, settings.gitlab),
+        ready=[access, protections, pipeline, chart],
+        port=settings.app.port,
     ),
 )
 

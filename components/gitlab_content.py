@@ -1,8 +1,9 @@
-"""Files committed into the projects (starter chart, pipeline) and default-branch protection.
+"""Files committed into the projects (starter chart, starter app, pipeline) and default-branch protection.
 
 Order matters on a new stack: the chart is seeded before the manifest branch is locked
-(after that not even the program may push), and the pipeline is committed only once the
-app branch is protected and the CI/CD variables exist, so the pipeline it starts can read them.
+(after that not even the program may push); every commit says `[skip ci]` except the starter
+app's last one, which comes after the variables, keys, protections, pipeline and chart exist,
+so the one pipeline it starts can build, push and open the first deploy merge request.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import pulumi
 import pulumi_gitlab as gitlab
 
 from components.chart import ChartSpec, render_chart
-from components.gitlab_host import PIPELINE_FILE, pipeline_branch, protection_args
+from components.gitlab_host import PIPELINE_FILE, deploy_branch, pipeline_branch, protection_args
 from components.gitlab_projects import ProjectInfo
 from components.pipeline import PipelineSpec, render_pipeline
+from components.starter import render_starter_app
 
 # In an adopted app project the program never replaces the team's own pipeline; it commits
 # its jobs beside it, for the team to `include:`.
@@ -152,6 +154,8 @@ class DeliveryPipelineArgs:
     stack: str
     enterprise: bool
     build_runner_tags: tuple[str, ...] = ()
+    # buildCacheRepository: "" for the app project's registry, "off" for none.
+    cache_repository: str = ""
     # projectsOnDestroy=retain: the pipeline branch keeps its protection.
     retain: bool = False
 
@@ -175,8 +179,10 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     manifest_project_id=str(values[0]),
                     manifest_default_branch=values[2],
                     chart_file=args.chart_file,
+                    deploy_branch=deploy_branch(args.stack),
                     merge_request_via=args.merge_request_via,
                     build_runner_tags=args.build_runner_tags,
+                    cache_repository=args.cache_repository,
                 )
             )
         )
@@ -236,3 +242,70 @@ class DeliveryPipeline(pulumi.ComponentResource):
             ),
         )
         self.register_outputs({"path": self.path})
+
+
+# The starter app's file whose commit starts the first pipeline: GitLab's own README of the
+# new project is replaced last.
+STARTER_TRIGGER_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class StarterAppArgs:
+    """Where the starter app goes, and what its first pipeline needs in place before it starts."""
+
+    app: ProjectInfo
+    # False for an adopted project, and for one created by an earlier version (gitlab_host.seed_starter_app).
+    seed: bool
+    ready: Sequence[pulumi.Resource]
+    # The chart's containerPort (appPort): the app listens there.
+    port: int = 8080
+
+
+class StarterApp(pulumi.ComponentResource):
+    """The starter web app, committed once into a new app project; its last commit starts the first pipeline."""
+
+    files: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: StarterAppArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("gitops:gitlab:StarterApp", name, None, opts)
+        self.files = []
+        if args.seed:
+            files = render_starter_app(args.port)
+            quiet: list[pulumi.Resource] = []
+            # The trigger file last, so that it can wait for all the others.
+            for path, text in sorted(files.items(), key=lambda item: item[0] == STARTER_TRIGGER_FILE):
+                last = path == STARTER_TRIGGER_FILE
+                resource = gitlab.RepositoryFile(
+                    # Named by the path inside the app, so the name never depends on settings.
+                    f"app/{path}",
+                    project=args.app.id,
+                    branch=args.app.default_branch,
+                    file_path=path,
+                    content=text,
+                    encoding="text",
+                    author_name=COMMIT_AUTHOR,
+                    # Every commit through the files API starts a pipeline unless it says [skip ci].
+                    commit_message=(
+                        "Add the starter app (gitops-bootstrap): starts the first pipeline"
+                        if last
+                        else "Add the starter app (gitops-bootstrap) [skip ci]"
+                    ),
+                    # Only the README exists already: GitLab's own, from initialize_with_readme.
+                    overwrite_on_create=last,
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        # The last commit waits for everything its pipeline reads: variables, keys,
+                        # protected branches, the pipeline file, the chart, and the other app files.
+                        depends_on=[*args.ready, *quiet] if last else [],
+                        # Committed once: the app is the team's from then on, and a later `pulumi up`
+                        # must neither revert nor re-commit it.
+                        ignore_changes=["content", "branch", "file_path", "commit_message", "author_name"],
+                        custom_timeouts=FILE_TIMEOUTS,
+                        # Destroy must not commit deletions into a team's repository.
+                        retain_on_delete=True,
+                    ),
+                )
+                if not last:
+                    quiet.append(resource)
+                self.files.append(resource)
+        self.register_outputs({"files": [f.urn for f in self.files]})

@@ -12,10 +12,12 @@ from components.gitlab_host import (
     ADOPT_APP,
     ADOPT_MANIFEST,
     PROJECT_KEYS,
+    STARTER_TOPIC,
     HostFacts,
     ProjectRecord,
     ci_config_path,
     created_paths,
+    seed_starter_app,
 )
 from components.settings import GitLabSettings, ProjectSettings
 
@@ -58,7 +60,7 @@ def read_host(args: GitLabSettings) -> HostFacts:
         if project.adopt is not None
     }
     namespace, namespace_id = "", None
-    archived = {}
+    archived, live = {}, {}
     if not (args.app_project.adopted and args.manifest_project.adopted):
         if args.group:
             group = gitlab.get_group(full_path=args.group)
@@ -66,17 +68,23 @@ def read_host(args: GitLabSettings) -> HostFacts:
         else:
             namespace = gitlab.get_current_user().username
         for key, full_path in created_paths(args, namespace).items():
-            # Only archived projects are asked for: this stack's own live projects never are,
-            # and any other project at the path is reported by GitLab itself on create.
+            # An archived project at the path blocks the create; a live one is this stack's own
+            # from an earlier run (its topics say whether it got the starter app). Any other
+            # project at the path is reported by GitLab itself on create.
             listed = gitlab.get_projects(
                 search=full_path.rsplit("/", 1)[-1],
-                archived=True,
                 **({"group_id": namespace_id, "include_subgroups": False} if namespace_id is not None else {"owned": True}),
             ).projects
             for found in listed:
-                if found.path_with_namespace.lower() == full_path.lower():
+                if found.path_with_namespace.lower() != full_path.lower():
+                    continue
+                if found.archived:
                     archived[key] = _record(found)
-    return HostFacts(enterprise=enterprise, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived)
+                else:
+                    live[key] = tuple(found.topics or ())
+    return HostFacts(
+        enterprise=enterprise, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived, live_topics=live
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class GitLabProjects(pulumi.ComponentResource):
             host.adopted.get(ADOPT_APP),
             host.namespace_id,
             {
+                # Marks a project that holds the starter app (gitlab_host.STARTER_TOPIC); set on create.
+                **({"topics": [STARTER_TOPIC]} if seed_starter_app(host, args) else {}),
                 # The pipeline is read from the manifest project, where only maintainers change it.
                 "ci_config_path": self.manifest.path_with_namespace.apply(lambda path: ci_config_path(path, stack)),
                 # Nobody may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL, …) when
@@ -179,6 +189,8 @@ class GitLabProjects(pulumi.ComponentResource):
                 parent=self,
                 # "retain" drops the project from state on destroy and leaves it untouched.
                 retain_on_delete=args.projects_on_destroy == "retain",
+                # Topics belong to the team once the project exists; the starter marker is set on create.
+                ignore_changes=["topics"],
             ),
         )
         return ProjectInfo(

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components import manifest_source
-from components.pipeline import MERGE_REQUEST_VIA
+from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -254,6 +254,14 @@ KEYS: tuple[Key, ...] = (
         "docker.io/acme/webapp",
         default="",
     ),
+    Key(
+        "buildCacheRepository",
+        "string",
+        "Where the build keeps its layer cache; empty uses the app project's GitLab container registry"
+        " ($CI_REGISTRY_IMAGE/buildcache), off builds without a cache.",
+        "registry.gitlab.com/acme/gitops-demo-app/buildcache",
+        default="",
+    ),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -319,6 +327,8 @@ class AppSettings:
     chart_path: str
     image_repository: str
     port: int = 8080
+    # The build's layer cache: "" for the app project's GitLab registry, "off" for none.
+    cache_repository: str = ""
 
 
 @dataclass(frozen=True)
@@ -641,6 +651,16 @@ def parse_settings(
             f"docker.io/{user}/{app_name}",
         )
 
+    cache = r.string("buildCacheRepository") or ""
+    if cache not in ("", CACHE_OFF):
+        r.check(
+            "buildCacheRepository",
+            cache,
+            lambda v: _IMAGE_REPO.match(v) is not None and v != image,
+            f"must be an image repository without a tag, other than imageRepository (the cache would be published"
+            f" with the image), or {CACHE_OFF}",
+        )
+
     kube_context = r.string("kubeContext")
     if kube_context is not None and kube_contexts is not None and kube_context not in kube_contexts.names:
         there = ", ".join(kube_contexts.names) or "none"
@@ -667,7 +687,14 @@ def parse_settings(
             reconciliation_jitter=jitter,
             read_admin_password=read_password,
         ),
-        app=AppSettings(name=app_name, namespace=app_namespace, chart_path=chart_path, image_repository=image, port=port),
+        app=AppSettings(
+            name=app_name,
+            namespace=app_namespace,
+            chart_path=chart_path,
+            image_repository=image,
+            port=port,
+            cache_repository=cache,
+        ),
         gitlab=GitLabSettings(
             group=group,
             app_project=projects["app"],

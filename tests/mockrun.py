@@ -72,7 +72,7 @@ class GitLabWorld:
 
     The edition follows the configured API URL as a real instance would answer it (gitlab.com
     runs Enterprise Edition) unless the job names one; ``projects`` lists projects that exist
-    before the run, each with ``path_with_namespace`` and optionally ``archived``.
+    before the run, each with ``path_with_namespace`` and optionally ``archived`` and ``topics``.
     """
 
     USER = "acme-user"
@@ -97,6 +97,7 @@ class GitLabWorld:
             "webUrl": urls["web_url"],
             "defaultBranch": listed.get("default_branch", "main"),
             "archived": bool(listed.get("archived", False)),
+            "topics": list(listed.get("topics", [])),
             "ciConfigPath": listed.get("ci_config_path", ""),
             "ciPipelineVariablesMinimumOverrideRole": listed.get("ci_pipeline_variables_minimum_override_role", "developer"),
         }

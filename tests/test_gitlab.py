@@ -8,8 +8,9 @@ from collections.abc import Callable
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from components.gitlab_host import PIPELINE_FILE
+from components.gitlab_host import PIPELINE_FILE, STARTER_TOPIC
 from components.settings import MASKABLE
+from components.starter import render_starter_app, starter_app_files
 from tests.conftest import TEST_DOCKERHUB_TOKEN, Run
 
 ADOPT = {"adoptAppProject": "acme/webapp", "adoptManifestProject": "acme/webapp-chart"}
@@ -189,7 +190,7 @@ def test_committed_files_hold_no_secret_and_are_seeded_once(api: Run) -> None:
         for secret in secrets:
             assert secret not in res["inputs"]["content"], res["inputs"]["filePath"]
         assert res["retain_on_delete"] is True
-        if res["name"].startswith("chart/"):
+        if res["name"].startswith(("chart/", "app/")):
             assert res["ignore_changes"] == ["content", "branch", "filePath", "commitMessage", "authorName"]
         # The provider's per-file lock is waited for within the create timeout.
         assert res["custom_timeouts"]["create"] == "10m"
@@ -309,3 +310,60 @@ def test_build_runner_tags_reach_the_committed_pipeline(program: Callable[..., R
     document = yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])
     assert document["build-image"]["tags"] == ["buildkit"]
     assert "tags" not in yaml.safe_load(dev.named("pipeline-file")["inputs"]["content"])["build-image"]
+
+
+def starter_files(run: Run) -> dict[str, dict]:
+    return {r["inputs"]["filePath"]: r for r in run.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/")}
+
+
+def test_a_new_app_project_gets_the_starter_app_and_one_pipeline(api: Run) -> None:
+    files = starter_files(api)
+    app_id = api.named("app-project")["outputs"]["id"]
+    # Exactly the files under starter/app, as they are, on the app project's default branch.
+    assert {path: res["inputs"]["content"] for path, res in files.items()} == starter_app_files()
+    assert "EXPOSE 8080" in files["Dockerfile"]["inputs"]["content"]
+    assert {"Dockerfile", "server.py"} <= set(files)
+    for res in files.values():
+        assert res["inputs"]["project"] == app_id and res["inputs"]["branch"] == "main"
+    # Every commit says [skip ci] but the last one, which starts the first pipeline ...
+    starting = [path for path, res in files.items() if "[skip ci]" not in res["inputs"]["commitMessage"]]
+    assert starting == ["README.md"]
+    readme = files["README.md"]
+    # ... once everything that pipeline reads exists, and after the other starter files.
+    deps = set(readme["dependencies"])
+    for key in ("DOCKERHUB_TOKEN", "SSH_PRIVATE_KEY", "GITLAB_PRIVATE_TOKEN", "SSH_KNOWN_HOSTS"):
+        assert variables(api)[key]["urn"] in deps, key
+    for name in ("ci-deploy-key", "argocd-deploy-key", "app-default-branch", "manifest-default-branch", "pipeline-file"):
+        assert api.named(name)["urn"] in deps, name
+    chart = {r["urn"] for r in api.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")}
+    assert chart and chart <= deps
+    assert {res["urn"] for path, res in files.items() if path != "README.md"} <= deps
+    # Only GitLab's own README exists in a new project; nothing else may be overwritten.
+    assert [path for path, res in files.items() if res["inputs"].get("overwriteOnCreate")] == ["README.md"]
+    assert api.named("app-project")["inputs"]["topics"] == [STARTER_TOPIC]
+    assert "topics" in api.named("app-project")["ignore_changes"]
+
+
+def test_no_starter_app_for_adopted_or_older_projects(program: Callable[..., Run], dev: Run) -> None:
+    adopted = program(ADOPT)
+    assert adopted.error is None, adopted.error
+    assert starter_files(adopted) == {}
+    # Created by an earlier version (no topic): the team may have its own Dockerfile by now.
+    older = program(gitlab={"projects": [{"path_with_namespace": "acme-user/gitops-demo-app", "topics": ["team"]}]})
+    assert older.error is None, older.error
+    assert starter_files(older) == {}
+    assert "topics" not in older.named("app-project")["inputs"]
+    # Created by this version: the same files stay registered (unchanged, so no new commit).
+    seeded = program(gitlab={"projects": [{"path_with_namespace": "acme-user/gitops-demo-app", "topics": [STARTER_TOPIC]}]})
+    assert seeded.error is None, seeded.error
+    assert {r["urn"] for r in starter_files(seeded).values()} == {r["urn"] for r in starter_files(dev).values()}
+
+
+def test_the_starter_app_listens_on_the_apps_port(program: Callable[..., Run]) -> None:
+    run = program({"appPort": "9000"})
+    assert run.error is None, run.error
+    dockerfile = starter_files(run)["Dockerfile"]["inputs"]["content"]
+    assert "EXPOSE 9000" in dockerfile and "PORT=9000" in dockerfile and "127.0.0.1:9000/healthz" in dockerfile
+    assert "8080" not in dockerfile
+    assert render_starter_app(9000)["Dockerfile"] == dockerfile
+    assert "containerPort: 9000" in run.named("chart/values.yaml")["inputs"]["content"]

@@ -57,6 +57,8 @@ def test_demo_stack_is_valid() -> None:
         ("imageRepository", "docker.io/gitopsdemo/_web", "image repository"),
         ("imageRepository", "ghcr.io/gitopsdemo/webapp", "Docker Hub"),
         ("imageRepository", "docker.io/someoneelse/webapp", "neither"),
+        ("buildCacheRepository", "docker.io/gitopsdemo/webapp", "other than imageRepository"),
+        ("buildCacheRepository", "registry.gitlab.com/acme/app/cache:latest", "without a tag"),
         ("argocdNamespace", "", "must not be empty"),
         ("appName", " ", "must not be empty"),
         ("argocdHa", "", "must not be empty"),
@@ -251,3 +253,10 @@ def test_bad_kube_context_registers_nothing(program: Callable[..., Run]) -> None
     assert run.error is not None and "kubeContext" in run.error["message"]
     assert "kind-gitops, prod-cluster" in run.error["message"]
     assert run.resources == []
+
+
+def test_build_cache_repository_defaults_to_the_project_registry() -> None:
+    assert parse_settings(valid(), "dev", secret_keys=SECRET).app.cache_repository == ""
+    for value in ("off", "registry.gitlab.com/acme/gitops-demo-app/buildcache"):
+        settings = parse_settings({**valid(), "buildCacheRepository": value}, "dev", secret_keys=SECRET)
+        assert settings.app.cache_repository == value
