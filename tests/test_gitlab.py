@@ -367,3 +367,17 @@ def test_the_starter_app_listens_on_the_apps_port(program: Callable[..., Run]) -
     assert "8080" not in dockerfile
     assert render_starter_app(9000)["Dockerfile"] == dockerfile
     assert "containerPort: 9000" in run.named("chart/values.yaml")["inputs"]["content"]
+
+
+def test_the_committed_pipeline_rolls_one_branch_per_stack_and_caches_off_docker_hub(
+    program: Callable[..., Run], dev: Run
+) -> None:
+    variables_of = lambda run: yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])["variables"]  # noqa: E731
+    assert variables_of(dev)["DEPLOY_BRANCH"] == "gitops-deploy-dev"
+    assert variables_of(dev)["CACHE_REPOSITORY"] == "$CI_REGISTRY_IMAGE/buildcache"
+    # Stacks that share a manifest project never write each other's deploy branch.
+    assert variables_of(program(stack="prod"))["DEPLOY_BRANCH"] == "gitops-deploy-prod"
+    assert variables_of(program({"buildCacheRepository": "off"}))["CACHE_REPOSITORY"] == ""
+    refused = program({"buildCacheRepository": "docker.io/gitopsdemo/webapp"})
+    assert refused.error is not None and refused.resources == []
+    assert "buildCacheRepository" in refused.error["message"]
