@@ -34,7 +34,14 @@ from components.gitlab_content import (
     StarterChartArgs,
     chart_repo_path,
 )
-from components.gitlab_host import HostFacts, adoption_warnings, host_problems, seed_starter_app
+from components.gitlab_host import (
+    HostFacts,
+    adoption_warnings,
+    cache_warnings,
+    host_problems,
+    protect_build_cache,
+    seed_starter_app,
+)
 from components.gitlab_projects import GitLabProjects, read_host
 from components.kubeconfig import read_contexts
 from components.settings import KEYS, Settings, SettingsError, parse_settings
@@ -79,6 +86,8 @@ def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
     # The program changes no adopted project's settings; `pulumi preview` says where they leave holes.
     for warning in adoption_warnings(host):
         pulumi.log.warn(f"adopted project {warning}")
+    for warning in cache_warnings(host, settings.gitlab, settings.app.cache_repository):
+        pulumi.log.warn(warning)
     return host
 
 
@@ -180,6 +189,7 @@ pipeline = DeliveryPipeline(
         enterprise=gitlab_host.enterprise,
         build_runner_tags=settings.gitlab.build_runner_tags,
         cache_repository=settings.app.cache_repository,
+        protect_cache=protect_build_cache(gitlab_host, settings.gitlab, settings.app.cache_repository),
         retain=settings.gitlab.projects_on_destroy == "retain",
     ),
 )

@@ -16,7 +16,13 @@ import pulumi
 import pulumi_gitlab as gitlab
 
 from components.chart import ChartSpec, render_chart
-from components.gitlab_host import PIPELINE_FILE, deploy_branch, pipeline_branch, protection_args
+from components.gitlab_host import (
+    CACHE_REPOSITORY_NAME,
+    PIPELINE_FILE,
+    deploy_branch,
+    pipeline_branch,
+    protection_args,
+)
 from components.gitlab_projects import ProjectInfo
 from components.pipeline import PipelineSpec, render_pipeline
 from components.starter import render_starter_app
@@ -156,6 +162,8 @@ class DeliveryPipelineArgs:
     build_runner_tags: tuple[str, ...] = ()
     # buildCacheRepository: "" for the app project's registry, "off" for none.
     cache_repository: str = ""
+    # Protect the default cache so that only maintainers' pipelines write it (gitlab_host.protect_build_cache).
+    protect_cache: bool = False
     # projectsOnDestroy=retain: the pipeline branch keeps its protection.
     retain: bool = False
 
@@ -220,6 +228,19 @@ class DeliveryPipeline(pulumi.ComponentResource):
             )
             project, branch = args.manifest.id, pulumi.Output.from_input(branch_name)
             after = [*args.ready, protection, tag_guard]
+        if args.protect_cache:
+            # Developers, and the job token of any pipeline a developer starts, can write the
+            # project's registry; BuildKit trusts what it imports from the cache. Only maintainers'
+            # pipelines write it now (export errors are ignored); every build still reads it.
+            gitlab.ProjectContainerRepositoryProtection(
+                "build-cache-protection",
+                project=args.app.id,
+                repository_path_pattern=args.app.path_with_namespace.apply(
+                    lambda path: f"{path.lower()}/{CACHE_REPOSITORY_NAME}"
+                ),
+                minimum_access_level_for_push="maintainer",
+                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
+            )
         self.file = gitlab.RepositoryFile(
             "pipeline-file",
             project=project,

@@ -54,6 +54,46 @@ class HostFacts:
     # Live projects at the paths this stack creates (its own, from an earlier run), by config
     # key, with their topics.
     live_topics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # GitLab's version (major, minor), from /api/v4/metadata.
+    version: tuple[int, int] = (0, 0)
+
+
+# Push protection for container repositories is in every tier from GitLab 17.8 (its API,
+# `container_repository_protection_rules`); before that it was an experiment behind a flag.
+CACHE_PROTECTION_SINCE = (17, 8)
+# The build's layer cache in the app project's own registry ($CI_REGISTRY_IMAGE/buildcache).
+CACHE_REPOSITORY_NAME = "buildcache"
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``(major, minor)`` of a GitLab version string such as ``18.6.0-ee``; (0, 0) if unreadable."""
+    parts = text.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def protect_build_cache(facts: HostFacts, gitlab: GitLabSettings, cache_repository: str) -> bool:
+    """Whether the program protects the default layer cache so that only maintainers' pipelines write it."""
+    return cache_repository == "" and not gitlab.app_project.adopted and facts.version >= CACHE_PROTECTION_SINCE
+
+
+def cache_warnings(facts: HostFacts, gitlab: GitLabSettings, cache_repository: str) -> list[str]:
+    """Where the default layer cache stays writable by every Developer of the app project."""
+    if cache_repository != "" or protect_build_cache(facts, gitlab, cache_repository):
+        return []
+    reason = (
+        "the app project is adopted"
+        if gitlab.app_project.adopted
+        else f"this GitLab ({facts.version[0]}.{facts.version[1]}) is older than 17.8"
+    )
+    return [
+        f"the build's layer cache ($CI_REGISTRY_IMAGE/{CACHE_REPOSITORY_NAME}) stays writable by every Developer"
+        f" of the app project, because {reason}: a poisoned cache layer ships in the next build without a trace"
+        f" in the app's history. Protect that repository for Maintainers (Settings > Packages and registries),"
+        " or set buildCacheRepository to off."
+    ]
 
 
 # The topic a created app project carries when the program committed the starter app into it.

@@ -17,6 +17,7 @@ from components.gitlab_host import (
     ProjectRecord,
     ci_config_path,
     created_paths,
+    parse_version,
     seed_starter_app,
 )
 from components.settings import GitLabSettings, ProjectSettings
@@ -53,7 +54,8 @@ def read_host(args: GitLabSettings) -> HostFacts:
     project, or an archived adopted project, stops the plan with the steps to fix it.
     """
     # `enterprise` decides BranchProtection's arguments (see gitlab_host.protection_args).
-    enterprise = bool(gitlab.get_metadata().enterprise)
+    metadata = gitlab.get_metadata()
+    enterprise = bool(metadata.enterprise)
     adopted = {
         PROJECT_KEYS[which][1]: _adopted(project.adopt)
         for which, project in (("app", args.app_project), ("manifest", args.manifest_project))
@@ -83,7 +85,12 @@ def read_host(args: GitLabSettings) -> HostFacts:
                 else:
                     live[key] = tuple(found.topics or ())
     return HostFacts(
-        enterprise=enterprise, namespace_id=namespace_id, adopted=adopted, archived_at_path=archived, live_topics=live
+        enterprise=enterprise,
+        namespace_id=namespace_id,
+        adopted=adopted,
+        archived_at_path=archived,
+        live_topics=live,
+        version=parse_version(metadata.version or ""),
     )
 
 

@@ -240,13 +240,16 @@ def build_script(spec: PipelineSpec) -> list[str]:
         ),
         'METADATA_FILE="$(mktemp)"',
         _buildctl(push=True),
+        # sed, not grep: no match is no error, so the check below explains a missing digest.
         (
-            'IMAGE_DIGEST="$(grep -o \'"containerimage.digest": *"sha256:[0-9a-f]*"\' "$METADATA_FILE"'
-            " | grep -o 'sha256:[0-9a-f]*' | head -n 1)\""
+            'IMAGE_DIGEST="$(sed -n \'s/.*"containerimage.digest": *"\\(sha256:[0-9a-f]*\\)".*/\\1/p\''
+            ' "$METADATA_FILE" | head -n 1)"'
         ),
         _check_digest(),
-        # Relative: the job runs in the project directory, where GitLab collects artifacts.
+        # Relative: the job runs in the project directory, where GitLab collects artifacts. Not a
+        # secret, and readable by a helper that uploads as another user (umask 077 above).
         f'echo "IMAGE_DIGEST=$IMAGE_DIGEST" > {BUILD_DOTENV}',
+        f"chmod 644 {BUILD_DOTENV}",
         'echo "Pushed $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"',
     ]
 
@@ -286,8 +289,15 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
         _check_tag(),
         _check_digest(),
         'case "$CI_COMMIT_SHA" in ""|*[!0-9a-f]*) echo "CI_COMMIT_SHA is not a commit id: $CI_COMMIT_SHA" >&2; exit 1;; esac',
-        # The job starts in the app checkout, which the ancestry check reads.
+        # The job starts in the app checkout, which the ancestry check reads. GIT_DEPTH 0 does not
+        # deepen a shallow checkout a runner reuses (fetch strategy), and in a shallow one every
+        # older commit looks unrelated: deepen it, or stop.
         'APP_DIR="$PWD"',
+        (
+            'if [ "$(git -C "$APP_DIR" rev-parse --is-shallow-repository)" = true ]'
+            ' && ! git -C "$APP_DIR" fetch --quiet --unshallow; then'
+            ' echo "The app checkout is shallow and could not be deepened; clear the runner\'s cache" >&2; exit 1; fi'
+        ),
         "umask 077",
         'WORK_DIR="$(mktemp -d)"',
         "trap 'rm -rf \"$WORK_DIR\"' EXIT",
@@ -310,12 +320,32 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
             'newer_than() { if [ -z "$1" ]; then return 0; fi; '
             'if [ "$1" = "$CI_COMMIT_SHA" ]; then echo "$2 already carries $CI_COMMIT_SHA"; return 1; fi; '
             'if ! git -C "$APP_DIR" cat-file -e "$1^{commit}" 2>/dev/null; then '
-            'echo "$2 carries app commit $1, which is not in the default branch history; merge or close its merge'
-            ' request, or set the annotation by hand" >&2; exit 1; fi; '
+            f'echo "$2 carries app commit $1, which is not in the default branch history; on $DEPLOY_BRANCH, delete'
+            f' the branch; on $MANIFEST_DEFAULT_BRANCH, set {COMMIT_ANNOTATION} in $CHART_FILE through a merge request"'
+            " >&2; exit 1; fi; "
             'if git -C "$APP_DIR" merge-base --is-ancestor "$1" "$CI_COMMIT_SHA"; then return 0; fi; '
             'echo "$2 carries app commit $1, which is not older than $CI_COMMIT_SHA: leaving it alone"; return 1; }'
         ),
     ]
+
+
+def _check_annotations_line() -> str:
+    # The rewrite below handles one block-style `annotations:` map indented by two spaces, with
+    # the pipeline's keys unquoted. Anything else (flow style, other indentation, quoted keys)
+    # could come out as invalid or duplicate YAML, so the job stops instead of guessing.
+    program = (
+        "/^annotations:/ { n++; if ($0 !~ /^annotations:[[:space:]]*$/) bad = 1; inside = 1; next }; "
+        "inside && /^[^[:space:]#]/ { inside = 0 }; "
+        "inside && NF && $0 !~ /^  [^[:space:]]/ && $0 !~ /^[[:space:]]*#/ { bad = 1 }; "
+        "/gitops-bootstrap\\/(image-digest|app-commit)/ && $0 !~ /^  gitops-bootstrap\\/(image-digest|app-commit):/"
+        " && $0 !~ /^[[:space:]]*#/ { bad = 1 }; "
+        "END { exit (bad || n > 1) }"
+    )
+    return (
+        f'awk \'{program}\' "$CHART" || {{ echo "$CHART_FILE: the pipeline writes into one block-style'
+        " 'annotations:' map indented by two spaces; reformat this chart's annotations that way (see the"
+        ' starter chart)" >&2; exit 1; }'
+    )
 
 
 def _set_release_line() -> str:
@@ -339,6 +369,7 @@ def _set_release_line() -> str:
 def release_lines() -> list[str]:
     """Lines that write this build (tag, digest, app commit) into "$CHART" and check the result."""
     return [
+        _check_annotations_line(),
         _set_release_line(),
         'mv "$WORK_DIR/Chart.new" "$CHART"',
         # Exactly one line of each, carrying this build, or the edit went wrong.
@@ -352,15 +383,15 @@ def release_lines() -> list[str]:
 
 
 def _rollback_function() -> str:
-    # When the merge request step fails after the push, the branch goes back to what it was
-    # (or away), so that a re-run does not find "already proposed" and skip the merge request.
+    # When the merge request step fails after this job's push (PUSHED_SHA), the branch goes back
+    # to what it was (or away), so that a re-run proposes again.
     return (
         # An empty REMOTE_SHA pushes ":refs/heads/...", which deletes the branch.
-        'rollback() { PUSHED_SHA="$(git rev-parse HEAD)"; '
-        'git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$PUSHED_SHA"'
-        ' origin "$REMOTE_SHA:refs/heads/$DEPLOY_BRANCH"'
-        ' || echo "Could not put $DEPLOY_BRANCH back; delete it before re-running" >&2; '
-        'echo "Put $DEPLOY_BRANCH back as it was; re-run this job" >&2; exit 1; }'
+        'rollback() { if [ -z "$PUSHED_SHA" ]; then exit 1; fi; '
+        'if git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$PUSHED_SHA"'
+        ' origin "$REMOTE_SHA:refs/heads/$DEPLOY_BRANCH"; then'
+        ' echo "Put $DEPLOY_BRANCH back as it was; re-run this job" >&2;'
+        ' else echo "Could not put $DEPLOY_BRANCH back; delete it before re-running this job" >&2; fi; exit 1; }'
     )
 
 
@@ -378,6 +409,7 @@ def _push_options_lines() -> list[str]:
     return [
         f'if ! {push} > "$WORK_DIR/push-output" 2>&1; then cat "$WORK_DIR/push-output" >&2; exit 1; fi',
         'cat "$WORK_DIR/push-output"',
+        'PUSHED_SHA="$(git rev-parse HEAD)"',
         # The push itself succeeds even when GitLab could not create the merge request.
         (
             f"if grep -q '{PUSH_OPTIONS_ERROR}' \"$WORK_DIR/push-output\"; then "
@@ -387,28 +419,35 @@ def _push_options_lines() -> list[str]:
 
 
 def _api_lines() -> list[str]:
-    # The token goes to curl through a file, never through argv or the log.
+    # The token goes to curl through a file, never through argv or the log. A transport error
+    # counts as status 000, so that it too puts the branch back.
     mr_url = "$CI_API_V4_URL/projects/$MANIFEST_PROJECT_ID/merge_requests"
     return [
         'printf \'PRIVATE-TOKEN: %s\\n\' "$GITLAB_PRIVATE_TOKEN" > "$WORK_DIR/headers"',
         (
             "mr_api() { curl --silent --show-error --max-time 60 --retry 3 --retry-delay 2"
-            ' --header @"$WORK_DIR/headers" --output "$WORK_DIR/response" --write-out \'%{http_code}\' "$@"; }'
+            ' --header @"$WORK_DIR/headers" --output "$WORK_DIR/response" --write-out \'%{http_code}\' "$@"'
+            # curl writes 000 itself when it reaches no server.
+            " || true; }"
         ),
-        'mr_failed() { echo "$1 failed with HTTP $2:" >&2; head -c 2000 "$WORK_DIR/response" >&2; echo >&2; rollback; }',
+        # No response file when no server answered; errexit must not skip the rollback.
+        (
+            'mr_failed() { echo "$1 failed with HTTP $2:" >&2; head -c 2000 "$WORK_DIR/response" >&2 2>/dev/null || :;'
+            " echo >&2; rollback; }"
+        ),
         'TITLE="Deploy $IMAGE_TAG"',
         (
             'DESCRIPTION="Deploys $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST, built from $CI_COMMIT_SHA.'
             ' A newer build of the default branch updates this merge request."'
         ),
+        # Creates the branch's merge request; 409 means one is open already, which gets this
+        # build's title and description. Running it twice changes nothing.
         (
+            "ensure_mr() { "
             'HTTP_STATUS="$(mr_api --data-urlencode "source_branch=$DEPLOY_BRANCH"'
             ' --data-urlencode "target_branch=$MANIFEST_DEFAULT_BRANCH"'
             ' --data-urlencode "title=$TITLE" --data-urlencode "description=$DESCRIPTION"'
-            f' --data "remove_source_branch=true" "{mr_url}")"'
-        ),
-        # 409: the branch's merge request is open already; it gets the new title and description.
-        (
+            f' --data "remove_source_branch=true" "{mr_url}")"; '
             'case "$HTTP_STATUS" in '
             '201) echo "Opened a merge request for $DEPLOY_BRANCH";; '
             "409) "
@@ -419,8 +458,8 @@ def _api_lines() -> list[str]:
             'HTTP_STATUS="$(mr_api --request PUT --data-urlencode "title=$TITLE"'
             f' --data-urlencode "description=$DESCRIPTION" "{mr_url}/$MR_IID")"; '
             'if [ "$HTTP_STATUS" != 200 ]; then mr_failed "Updating merge request !$MR_IID" "$HTTP_STATUS"; fi; '
-            'echo "Updated merge request !$MR_IID for $DEPLOY_BRANCH";; '
-            '*) mr_failed "Creating the merge request" "$HTTP_STATUS";; esac'
+            'echo "Merge request !$MR_IID for $DEPLOY_BRANCH proposes $IMAGE_TAG";; '
+            '*) mr_failed "Creating the merge request" "$HTTP_STATUS";; esac; }'
         ),
     ]
 
@@ -434,8 +473,12 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
         'if [ ! -f "$CHART" ]; then echo "$CHART_FILE not found in the manifest repository" >&2; exit 1; fi',
         # Deployed already, or something newer is: nothing to propose.
         'if ! newer_than "$(chart_field "$COMMIT_FIELD" "$CHART")" "$MANIFEST_DEFAULT_BRANCH"; then exit 0; fi',
+        # ls-remote matches ref name tails (x/refs/heads/<branch> too): keep the exact ref only.
         'retry git ls-remote --heads origin "refs/heads/$DEPLOY_BRANCH" > "$WORK_DIR/remote-branch"',
-        'REMOTE_SHA="$(cut -f1 "$WORK_DIR/remote-branch")"',
+        'REMOTE_SHA="$(awk -v ref="refs/heads/$DEPLOY_BRANCH" \'$2 == ref { print $1 }\' "$WORK_DIR/remote-branch")"',
+        'PUSHED_SHA=""',
+        _rollback_function(),
+        *(_api_lines() if _via_api(spec) else []),
         # What the deploy branch proposes now: the same build (a re-run) changes nothing, a newer
         # one is left alone, the same commit with a new digest (a rebuild) is updated.
         (
@@ -446,12 +489,13 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
             'PROPOSED_COMMIT="$(chart_field "$COMMIT_FIELD" "$WORK_DIR/proposed")"; '
             'PROPOSED_DIGEST="$(chart_field "$DIGEST_FIELD" "$WORK_DIR/proposed")"; '
             'if [ "$PROPOSED_COMMIT" = "$CI_COMMIT_SHA" ] && [ "$PROPOSED_DIGEST" = "$IMAGE_DIGEST" ]; then '
-            'echo "$DEPLOY_BRANCH already proposes $IMAGE_TAG@$IMAGE_DIGEST"; exit 0; fi; '
+            'echo "$DEPLOY_BRANCH already proposes $IMAGE_TAG@$IMAGE_DIGEST"; '
+            # A job cancelled between its push and its API call left no merge request: ask again.
+            f"{'ensure_mr; ' if _via_api(spec) else ''}exit 0; fi; "
             'if [ "$PROPOSED_COMMIT" != "$CI_COMMIT_SHA" ] && ! newer_than "$PROPOSED_COMMIT" "$DEPLOY_BRANCH"; then exit 0; fi; '
             "fi"
         ),
         *release_lines(),
-        _rollback_function(),
         'git config user.name "$BOT_NAME"',
         'git config user.email "$BOT_EMAIL"',
         (
@@ -462,11 +506,12 @@ def update_manifest_script(spec: PipelineSpec) -> list[str]:
     if _via_api(spec):
         # The lease only replaces the branch state just read (empty: it must not exist yet), so
         # a concurrent writer is never overwritten; resource_group keeps pipelines in line anyway.
-        lines.append(
+        lines += [
             'retry git push --quiet --force-with-lease="refs/heads/$DEPLOY_BRANCH:$REMOTE_SHA"'
-            ' origin "HEAD:refs/heads/$DEPLOY_BRANCH"'
-        )
-        lines += _api_lines()
+            ' origin "HEAD:refs/heads/$DEPLOY_BRANCH"',
+            'PUSHED_SHA="$(git rev-parse HEAD)"',
+            "ensure_mr",
+        ]
     else:
         lines += _push_options_lines()
     lines.append('echo "$DEPLOY_BRANCH proposes $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"')
@@ -566,7 +611,8 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "needs": [{"job": JOB_BUILD, "artifacts": True}],
             # The only job that receives SSH_PRIVATE_KEY and GITLAB_PRIVATE_TOKEN (VARIABLE_ENVIRONMENTS).
             "environment": {"name": ENVIRONMENT_MANIFEST, "action": "prepare"},
-            # Two pipelines never write the deploy branch at once; GitLab runs them in order.
+            # Two pipelines never write the deploy branch at once (one at a time, in no set order:
+            # the ancestry check decides which build stays).
             "resource_group": "manifest-update",
             "interruptible": False,
             "timeout": JOB_TIMEOUTS[JOB_UPDATE_MANIFEST],

@@ -18,6 +18,7 @@ import json
 import random
 import runpy
 import string
+import struct
 import sys
 import traceback
 from pathlib import Path
@@ -42,13 +43,42 @@ def _seed(*parts: Any) -> random.Random:
 
 
 def _ed25519(seed: random.Random) -> tuple[str, str]:
+    """An ED25519 key pair in OpenSSH format, the same bytes for the same seed.
+
+    OpenSSH's private key format carries a random check integer, so a serializer would give
+    different text for the same key on each run, and two runs would differ where the real
+    provider, which keeps the key in state, does not. The format is written out here instead
+    (PROTOCOL.key in OpenSSH), with the check integer taken from the seed.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    key = Ed25519PrivateKey.from_private_bytes(bytes(seed.getrandbits(8) for _ in range(32)))
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
+    secret = bytes(seed.getrandbits(8) for _ in range(32))
+    key = Ed25519PrivateKey.from_private_bytes(secret)
+    raw_public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def field(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    key_type = b"ssh-ed25519"
+    check = struct.pack(">I", seed.getrandbits(32)) * 2
+    private_section = check + field(key_type) + field(raw_public) + field(secret + raw_public) + field(b"")
+    private_section += bytes(range(1, 1 + (-len(private_section) % 8)))
+    body = (
+        b"openssh-key-v1\0"
+        + field(b"none")
+        + field(b"none")
+        + field(b"")
+        + struct.pack(">I", 1)
+        + field(field(key_type) + field(raw_public))
+        + field(private_section)
+    )
+    encoded = base64.b64encode(body).decode()
+    lines = [encoded[i : i + 70] for i in range(0, len(encoded), 70)]
+    private = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END OPENSSH PRIVATE KEY-----\n"
+    # The same key as cryptography reads it back: the encoding above is a faithful one.
+    loaded = serialization.load_ssh_private_key(private.encode(), password=None)
+    assert loaded.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw_public
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     return private, public + "\n"
 
@@ -81,6 +111,7 @@ class GitLabWorld:
         world = job.get("gitlab") or {}
         host = urlparse(base_url or "https://gitlab.com/api/v4/").hostname or ""
         self.enterprise = bool(world.get("enterprise", host == "gitlab.com"))
+        self.version = str(world.get("version", "18.6.0-ee" if self.enterprise else "18.6.0"))
         self.projects: list[dict[str, Any]] = [dict(p) for p in world.get("projects", [])]
 
     def project(self, path: str) -> dict[str, Any]:
@@ -201,7 +232,7 @@ class Mocks(pulumi_mocks.Mocks):
                 "protectedBranches": self.world.protected_branches(project_id),
             }, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
-            return {"id": "gitlab", "enterprise": self.world.enterprise, "version": "18.6.0", "revision": "abc"}, []
+            return {"id": "gitlab", "enterprise": self.world.enterprise, "version": self.world.version, "revision": "abc"}, []
         if args.token == "gitlab:index/getCurrentUser:getCurrentUser":
             user = GitLabWorld.USER
             return {"id": "1", "username": user, "name": user, "namespaceId": "1", "globalNamespaceId": "1"}, []

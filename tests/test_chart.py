@@ -332,3 +332,36 @@ def test_spec_rejects_bad_input(changes: dict[str, Any]) -> None:
     }
     with pytest.raises(ValueError):
         ChartSpec(**fields)
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        # Other indentation, flow style, a second block, a quoted key: the rewrite could produce
+        # invalid or duplicate YAML, so the release stops instead.
+        "annotations:\n    team: shop\n",
+        "annotations: {}\n",
+        "annotations: {team: shop}\n",
+        "annotations:\n  team: shop\nannotations:\n  other: x\n",
+        'annotations:\n  "gitops-bootstrap/image-digest": ""\n',
+    ],
+)
+def test_release_refuses_annotations_it_cannot_rewrite_safely(tmp_path: Path, annotations: str) -> None:
+    chart = tmp_path / "Chart.yaml"
+    chart.write_text('apiVersion: v2\nname: webapp\nversion: 0.1.0\nappVersion: "1.0.0"\n' + annotations)
+    before = chart.read_text()
+    stderr = bump_chart(chart, "main-3", DIGEST, COMMIT, expect_success=False)
+    assert "reformat this chart's annotations" in stderr
+    assert chart.read_text() == before
+
+
+def test_release_keeps_the_teams_own_annotations(helm: ModuleType, spec: ChartSpec, chart_dir: Path) -> None:
+    chart = chart_dir / "Chart.yaml"
+    chart.write_text(chart.read_text().replace("annotations:\n", "annotations:\n  team: shop # owner\n"))
+    release(chart_dir, "main-4")
+    assert yaml.safe_load(chart.read_text())["annotations"] == {
+        "team": "shop",
+        DIGEST_ANNOTATION: DIGEST,
+        COMMIT_ANNOTATION: COMMIT,
+    }
+    assert helm.lint(str(chart_dir), strict=True)["errors"] == []

@@ -241,3 +241,33 @@ def test_every_variable_passes_hidden_as_a_bool(program: Callable[..., Run], dev
     assert classify(dev.named("ssh-private-key"), {**changed, "inputs": {**changed["inputs"], "hidden": False}}, {}).action == (
         UPDATED
     )
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_second_up_of_a_new_stack_changes_nothing(program: Callable[..., Run], stack: str) -> None:
+    # The first run created the app project with the starter marker; the second finds it live.
+    first = program(stack=stack)
+    app_path = f"{first.named('app-project')['outputs']['path_with_namespace']}"
+    second = program(
+        stack=stack, gitlab={"projects": [{"path_with_namespace": app_path, "topics": ["gitops-bootstrap-starter"]}]}
+    )
+    assert first.error is None and second.error is None
+    changes = diff_runs(first.resources, second.resources)
+    assert {c.action for c in changes.values()} == {UNCHANGED}, [
+        (c.name, c.paths) for c in changes.values() if c.action != UNCHANGED
+    ]
+
+
+def test_removing_the_starter_topic_forgets_the_starter_files_without_touching_them(program: Callable[..., Run]) -> None:
+    # The README's way out of re-commits after a refresh; also what an app project created before
+    # the starter app looks like (no marker), which therefore gets no starter file.
+    new = program()
+    app_path = new.named("app-project")["outputs"]["path_with_namespace"]
+    upgraded = program(gitlab={"projects": [{"path_with_namespace": app_path}]})
+    changes = diff_runs(new.resources, upgraded.resources)
+    assert by_action(changes, CREATED) == set()
+    assert {c.name for c in changes.values() if c.action == DELETED} == {
+        r["name"] for r in new.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/")
+    }
+    # Those would be dropped from state only: the files are retained on delete.
+    assert all(r["retain_on_delete"] for r in new.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/"))

@@ -50,7 +50,7 @@ from components.pipeline import (
     render_pipeline,
     required_variables,
 )
-from tests.tools import missing, require_tool
+from tests.tools import bump_chart, missing, require_tool
 
 SSHD = "/usr/sbin/sshd"
 PROJECT_ID = "4242"
@@ -914,13 +914,17 @@ def test_two_commits_roll_one_branch_and_one_merge_request(
         assert pushes_logged(log) == [expected_push_options(first), expected_push_options(second)]
         assert mr_api.requests == []
 
-    # A re-run for the same commit changes nothing: no push, no API call.
-    before, calls, pushes = refs(manifest.bare), len(mr_api.requests), len(pushes_logged(log))
+    # A re-run for the same commit changes nothing: no push, no new merge request. In `api` mode
+    # it asks for the merge request again (a job cancelled after its push left none), which
+    # finds the open one and sets the same title.
+    before, pushes = refs(manifest.bare), len(pushes_logged(log))
+    titles = [(mr.iid, mr.title, mr.description) for mr in mr_api.merge_requests]
     rerun = second_runner.deliver()
     assert rerun.returncode == 0, rerun.stderr
     assert f"{DEPLOY_BRANCH} already proposes main-{second[:8]}@{fake_digest(second)}" in rerun.stdout
     assert refs(manifest.bare) == before
-    assert len(mr_api.requests) == calls and len(pushes_logged(log)) == pushes
+    assert len(pushes_logged(log)) == pushes
+    assert [(mr.iid, mr.title, mr.description) for mr in mr_api.merge_requests] == titles
 
 
 def test_an_older_build_never_replaces_a_newer_one(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
@@ -1045,6 +1049,80 @@ def test_a_failed_merge_request_call_puts_the_branch_back(
     rerun = runner.deliver()
     assert rerun.returncode == 0, rerun.stderr
     assert len(mr_api.opened()) == 1
+
+
+def test_an_unreachable_api_puts_the_branch_back_and_a_rerun_opens_the_merge_request(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    runner = runner_factory(manifest, app, app.commit("first"))
+    # Nothing listens there: curl fails to connect (exit 7) after the push.
+    runner.overrides["CI_API_V4_URL"] = f"http://127.0.0.1:{free_port()}/api/v4"
+    run = runner.deliver()
+    assert run.returncode != 0
+    assert "HTTP 000" in run.stderr and "Put gitops-deploy-test back as it was" in run.stderr
+    assert bot_branches(manifest) == set()
+    del runner.overrides["CI_API_V4_URL"]
+    rerun = runner.deliver()
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(mr_api.opened()) == 1
+
+
+def test_a_cancelled_job_is_made_good_by_a_rerun(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
+    # Cancelled between its push and its API call: the branch proposes the build, no MR exists.
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    commit = app.commit("first")
+    git("--git-dir", str(manifest.bare), "update-ref", f"refs/heads/{DEPLOY_BRANCH}", _proposal(tmp_path, manifest, commit))
+    assert mr_api.merge_requests == []
+    rerun = runner_factory(manifest, app, commit).deliver()
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already proposes" in rerun.stdout
+    assert [mr.source_branch for mr in mr_api.opened()] == [DEPLOY_BRANCH]
+
+
+def _proposal(tmp_path: Path, manifest: Manifest, commit: str) -> str:
+    """A commit on top of main that proposes ``commit``'s build, as the job writes it."""
+    work = tmp_path / "proposal"
+    git("clone", "-q", str(manifest.bare), str(work))
+    bump_chart(work / "Chart.yaml", f"main-{commit[:8]}", fake_digest(commit), commit)
+    git("-c", "user.name=Bot", "-c", "user.email=bot@example.invalid", "commit", "-q", "-am", "propose", cwd=work)
+    git("push", "-q", str(manifest.bare), f"HEAD:refs/heads/{DEPLOY_BRANCH}-tmp", cwd=work)
+    sha = git("rev-parse", "HEAD", cwd=work).strip()
+    git("--git-dir", str(manifest.bare), "update-ref", "-d", f"refs/heads/{DEPLOY_BRANCH}-tmp")
+    return sha
+
+
+def test_a_branch_named_like_the_deploy_branch_is_not_mistaken_for_it(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    # Any developer of the manifest project can create this; ls-remote lists it for the pattern too.
+    git("--git-dir", str(manifest.bare), "branch", f"x/refs/heads/{DEPLOY_BRANCH}", "main")
+    app = make_app(tmp_path)
+    commit = app.commit("first")
+    run = runner_factory(manifest, app, commit).deliver()
+    assert run.returncode == 0, run.stderr
+    assert_proposes(manifest, commit)
+
+
+def test_a_shallow_checkout_is_deepened_before_the_ancestry_check(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
+) -> None:
+    manifest = seed_manifest(tmp_path)
+    app = make_app(tmp_path)
+    older = app.commit("older")
+    newer = app.commit("newer")
+    assert runner_factory(manifest, app, older).deliver().returncode == 0
+    # A runner's reused checkout from a depth-1 fetch: the older commit is not in it.
+    shallow = AppRepo(tmp_path / "shallow")
+    git("clone", "-q", "--depth", "1", f"file://{app.path}", str(shallow.path))
+    assert git("rev-parse", "--is-shallow-repository", cwd=shallow.path).strip() == "true"
+    run = runner_factory(manifest, shallow, newer).deliver()
+    assert run.returncode == 0, run.stderr
+    assert git("rev-parse", "--is-shallow-repository", cwd=shallow.path).strip() == "false"
+    assert_proposes(manifest, newer)
 
 
 def test_a_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:

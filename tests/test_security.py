@@ -374,3 +374,23 @@ def test_gitlab_ci_local_runs_the_build_without_deploy_secrets(api: Run, tmp_pat
     assert "SSH_PRIVATE_KEY" not in names and "GITLAB_PRIVATE_TOKEN" not in names
     assert TEST_DOCKERHUB_TOKEN not in seen.read_text()  # base64 of user:token, never the raw token
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_default_layer_cache_is_written_by_maintainers_pipelines_only(program: Callable[..., Run], dev: Run) -> None:
+    # Developers (and the job token of their pipelines) can write the project's registry, and
+    # BuildKit trusts what it imports: only maintainers may push to the cache repository.
+    rule = dev.named("build-cache-protection")["inputs"]
+    assert rule["repositoryPathPattern"] == "acme-user/gitops-demo-app/buildcache"
+    assert rule["minimumAccessLevelForPush"] == "maintainer"
+    assert rule["project"] == dev.named("app-project")["outputs"]["id"]
+    assert "buildcache" not in dev.report["stderr"]
+    # GitLab before 17.8 has no push protection in every tier; adopted projects are not changed;
+    # either way preview says so. Without the default cache there is nothing to protect.
+    for overrides, world in (({}, {"version": "17.7.2"}), ({"adoptAppProject": "acme/webapp"}, None)):
+        run = program(overrides, gitlab=world)
+        assert run.error is None, run.error
+        assert run.of_type("projectContainerRepositoryProtection:ProjectContainerRepositoryProtection") == []
+        assert "layer cache ($CI_REGISTRY_IMAGE/buildcache) stays writable by every Developer" in run.report["stderr"]
+    off = program({"buildCacheRepository": "off"})
+    assert off.of_type("projectContainerRepositoryProtection:ProjectContainerRepositoryProtection") == []
+    assert "layer cache" not in off.report["stderr"]
