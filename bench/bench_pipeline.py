@@ -87,12 +87,24 @@ def count(document: dict[str, Any]) -> dict[str, Any]:
         if (job.get("variables") or {}).get("GIT_STRATEGY") != "none":
             add("runner checkout of the app")
         add("git over SSH", len(GIT_NETWORK.findall(text)))
-        # Merge request API: direct curl calls, or calls of a function that wraps curl.
-        definitions = [re.match(r"^(\w+)\(\) \{.*\bcurl\b", line) for line in [*job.get("before_script", []), *job["script"]]]
-        wrappers = {match.group(1) for match in definitions if match}
+        # Merge request API: direct curl calls, or calls of a function that (through others) runs
+        # curl; a function that runs several counts once, for the create call of a first MR.
+        definitions = {
+            match.group(1): match.group(2)
+            for line in [*job.get("before_script", []), *job["script"]]
+            for match in [re.match(r"^(\w+)\(\) \{(.*)", line)]
+            if match
+        }
+        wrappers = {name for name, body in definitions.items() if re.search(r"\bcurl\b", body)}
+        while True:
+            more = {name for name, body in definitions.items() if any(re.search(rf"\b{w}\b", body) for w in wrappers)}
+            if more <= wrappers:
+                break
+            wrappers |= more
         api_calls = sum(1 for line in lines if re.search(r"\$\(curl\b|^curl\b", line))
-        # Only the create call runs on the first merge request (409 leads to the list and update calls).
-        api_calls += sum(1 for line in lines for w in wrappers if re.search(rf"\$\({w}\b", line) and "case" not in line)
+        api_calls += sum(
+            1 for line in lines for w in wrappers if re.fullmatch(rf"{w}|.*\$\({w}\b.*", line) and "case" not in line
+        )
         add("merge request API", api_calls)
         if "push=true" in text:
             add("image push")
