@@ -44,7 +44,19 @@ from components.gitlab_host import (
 )
 from components.gitlab_projects import GitLabProjects, read_host
 from components.kubeconfig import read_contexts
-from components.settings import KEYS, Settings, SettingsError, parse_settings
+from components.notifications import (
+    DEPLOY_STATUS_OFF,
+    DEPLOY_STATUS_PROJECT_TOKEN,
+    DEPLOY_STATUS_TOKEN,
+    GITLAB_TOKEN_KEY,
+    SLACK_URL_KEY,
+    FeedbackSpec,
+    deploy_status_mode,
+    gitlab_api_url,
+    notifications_config,
+    subscription_annotations,
+)
+from components.settings import KEYS, SecretStr, Settings, SettingsError, parse_settings
 
 
 def read_settings() -> Settings:
@@ -106,6 +118,44 @@ def deploy_key_provider(settings: Settings, instance: GitLabInstance) -> gitlab.
     )
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """Deploy feedback as this stack runs it: the effective deployStatus and where notifications go."""
+
+    mode: str
+    spec: FeedbackSpec
+    token: SecretStr | None
+    slack_url: SecretStr | None
+
+
+def read_feedback(settings: Settings, instance: GitLabInstance) -> Feedback:
+    """Resolve deployStatus for this GitLab host; warn when deploys report nowhere."""
+    mode = deploy_status_mode(settings.feedback.deploy_status, instance.base_url)
+    if mode == DEPLOY_STATUS_OFF:
+        pulumi.log.warn(
+            "deployStatus is off: a merged deploy reports no commit status in GitLab; see the README's"
+            " 'Deploy feedback' for turning it on (on gitlab.com Free: deployStatus=token)"
+        )
+    spec = FeedbackSpec(
+        gitlab_api_url=None if mode == DEPLOY_STATUS_OFF else gitlab_api_url(instance.base_url),
+        slack=settings.feedback.slack_webhook_url is not None,
+        argocd_url=settings.argocd.external_url,
+    )
+    return Feedback(mode, spec, settings.feedback.deploy_status_token, settings.feedback.slack_webhook_url)
+
+
+def notification_secrets(feedback: Feedback, access: GitLabAccess) -> dict[str, pulumi.Input[str]]:
+    """The values for the keys this program owns in argocd-notifications-secret, all secret."""
+    values: dict[str, pulumi.Input[str]] = {}
+    if feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN and access.status_token is not None:
+        values[GITLAB_TOKEN_KEY] = pulumi.Output.secret(access.status_token.token)
+    elif feedback.mode == DEPLOY_STATUS_TOKEN and feedback.token is not None:
+        values[GITLAB_TOKEN_KEY] = pulumi.Output.secret(feedback.token.reveal())
+    if feedback.slack_url is not None:
+        values[SLACK_URL_KEY] = pulumi.Output.secret(feedback.slack_url.reveal())
+    return values
+
+
 settings = read_settings()
 argocd_settings = settings.argocd
 try:
@@ -118,6 +168,7 @@ gc.freeze()
 gitlab_instance = read_gitlab_instance()
 gitlab_host = read_gitlab(settings, gitlab_instance)
 webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
+feedback = read_feedback(settings, gitlab_instance)
 
 # One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
 # than the 256 KiB last-applied annotation that client-side apply writes).
@@ -173,6 +224,7 @@ access = GitLabAccess(
         webhook_url=webhook_url,
         webhook_secret=credentials.webhook_secret,
         deploy_key_provider=deploy_key_provider(settings, gitlab_instance),
+        status_token=feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN,
     ),
 )
 
@@ -217,11 +269,13 @@ argocd = ArgoCd(
                 reconciliation_jitter=argocd_settings.reconciliation_jitter,
                 external_url=argocd_settings.external_url,
                 extra_known_hosts=settings.gitlab.ssh_known_hosts,
+                notifications=tuple(notifications_config(feedback.spec).items()),
             ),
         ),
         read_admin_password=argocd_settings.read_admin_password,
         kube_context=settings.kube_context,
         webhook_secret=credentials.webhook_secret,
+        notification_secrets=notification_secrets(feedback, access),
     ),
     opts=k8s_opts,
 )
@@ -239,6 +293,11 @@ app = AppDeployment(
         argocd=argocd,
         repo_key_registered=[access.argocd_deploy_key],
         repo_content=chart.files,
+        annotations=(
+            projects.manifest.id.apply(lambda project_id: subscription_annotations(feedback.spec, project_id))
+            if feedback.spec.enabled
+            else None
+        ),
     ),
     opts=k8s_opts,
 )

@@ -53,6 +53,8 @@ class AppDeploymentArgs:
     repo_key_registered: list[pulumi.Resource] = field(default_factory=list)
     # Resources the first sync needs in the repository (the seeded chart).
     repo_content: list[pulumi.Resource] = field(default_factory=list)
+    # Notification subscriptions and the values their templates read (notifications.subscription_annotations).
+    annotations: pulumi.Input[dict[str, str]] | None = None
 
 
 class AppDeployment(pulumi.ComponentResource):
@@ -119,6 +121,7 @@ class AppDeployment(pulumi.ComponentResource):
             metadata={
                 "name": args.name,
                 "namespace": args.argocd_namespace,
+                **({"annotations": args.annotations} if args.annotations is not None else {}),
                 # The controller deletes what the Application deployed before the
                 # Application itself goes, so destroy leaves no workloads behind.
                 "finalizers": [APP_FINALIZER],

@@ -33,6 +33,8 @@ class ArgoCdArgs:
     webhook_secret: pulumi.Input[str] | None = None
     # The kubeconfig context the stack pins, repeated in the port-forward command.
     kube_context: str | None = None
+    # Keys this program owns in argocd-notifications-secret, with their (secret) values.
+    notification_secrets: dict[str, pulumi.Input[str]] | None = None
 
 
 class ArgoCd(pulumi.ComponentResource):
@@ -58,6 +60,7 @@ class ArgoCd(pulumi.ComponentResource):
         workloads: dict[str, pulumi.CustomResource] = {}
         for obj in order_for_apply(args.objects):
             obj = self._with_webhook_secret(obj, args.webhook_secret)
+            obj = self._with_notification_secrets(obj, args.notification_secrets)
             kind, obj_name = obj["kind"], obj["metadata"]["name"]
             if kind == "CustomResourceDefinition":
                 # CRDs depend on the namespace only so that destroy removes them before it.
@@ -92,6 +95,19 @@ class ArgoCd(pulumi.ComponentResource):
         # Only this key is sent; server-side apply leaves the keys argocd-server writes
         # itself (server.secretkey) to their own field manager, so they survive updates.
         data = pulumi.Output.secret(secret).apply(lambda s: {WEBHOOK_SECRET_KEY: base64.b64encode(s.encode()).decode()})
+        return {**obj, "data": data}
+
+    @staticmethod
+    def _with_notification_secrets(obj: dict[str, Any], secrets: dict[str, pulumi.Input[str]] | None) -> dict[str, Any]:
+        if not secrets or obj["kind"] != "Secret" or obj["metadata"]["name"] != "argocd-notifications-secret":
+            return obj
+
+        # Only these keys are sent, so server-side apply leaves every other key to its owner.
+        def encoded(values: dict[str, Any]) -> dict[str, str]:
+            return {key: base64.b64encode(str(value).encode()).decode() for key, value in values.items()}
+
+        combined: pulumi.Output[dict[str, Any]] = pulumi.Output.all(**secrets)
+        data: pulumi.Output[dict[str, str]] = pulumi.Output.secret(combined.apply(encoded))
         return {**obj, "data": data}
 
     def _read_admin_password(self, namespace: str) -> pulumi.Output[str]:

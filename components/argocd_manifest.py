@@ -42,6 +42,8 @@ class Overlays:
     reconciliation_jitter: str = "60s"
     external_url: str | None = None
     extra_known_hosts: tuple[str, ...] = field(default_factory=tuple)
+    # Keys this program owns in argocd-notifications-cm (notifications.notifications_config).
+    notifications: tuple[tuple[str, str], ...] = ()
 
 
 def overlay_hash(overlays: Overlays) -> str:
@@ -94,6 +96,9 @@ def _prepare(source: dict[str, Any], namespace: str, overlays: Overlays) -> dict
         template = spec["template"] = dict(spec["template"])
         pod_meta = template["metadata"] = dict(template.get("metadata") or {})
         pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), CONFIG_HASH_ANNOTATION: overlay_hash(overlays)}
+    if kind == "ConfigMap" and name == "argocd-notifications-cm" and overlays.notifications:
+        # Server-side apply owns only the keys sent: Argo CD's and the team's other keys stay.
+        obj["data"] = {**(obj.get("data") or {}), **dict(overlays.notifications)}
     if kind == "ConfigMap" and name == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
         data = obj["data"] = dict(obj.get("data") or {})
         data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)

@@ -14,6 +14,9 @@ from components.settings import docker_auth
 # The merge-request step needs the API; developer is the lowest role that may open MRs.
 MR_TOKEN_SCOPES = ["api"]
 MR_TOKEN_ROLE = "developer"
+# Commit statuses: POST /projects/:id/statuses/:sha needs scope api and the Developer role.
+STATUS_TOKEN_SCOPES = ["api"]
+STATUS_TOKEN_ROLE = "developer"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class AccessArgs:
     # A provider that authenticates as a bot account: it registers the deploy keys, so the
     # bot (a Developer on the manifest project) owns them, not the person running `pulumi up`.
     deploy_key_provider: pulumi.ProviderResource | None = None
+    # deployStatus=project-token: a token on the manifest project for Argo CD's commit statuses.
+    status_token: bool = False
 
 
 class GitLabAccess(pulumi.ComponentResource):
@@ -86,6 +91,23 @@ class GitLabAccess(pulumi.ComponentResource):
                 },
                 # A new epoch replaces the token; create-before-delete keeps the old one valid
                 # until GITLAB_PRIVATE_TOKEN holds the new one.
+                opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
+            )
+
+        self.status_token: gitlab.ProjectAccessToken | None = None
+        if args.status_token:
+            self.status_token = gitlab.ProjectAccessToken(
+                "deploy-status-token",
+                project=manifest_id,
+                name=f"gitops-bootstrap-status-{args.stack}",
+                description="Argo CD notifications: commit statuses for deploys of the manifest project.",
+                scopes=STATUS_TOKEN_SCOPES,
+                access_level=STATUS_TOKEN_ROLE,
+                rotation_configuration={
+                    "expiration_days": args.token_expiry_days,
+                    "rotate_before_days": args.token_rotate_before_days,
+                },
+                # A new epoch replaces it; the notifications Secret is updated in place.
                 opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
             )
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components import manifest_source
+from components.notifications import DEPLOY_STATUS_MODES, DEPLOY_STATUS_TOKEN
 from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
@@ -262,6 +263,31 @@ KEYS: tuple[Key, ...] = (
         "registry.gitlab.com/acme/gitops-demo-app/buildcache",
         default="",
     ),
+    Key(
+        "deployStatus",
+        "string",
+        "Deploy feedback as a GitLab commit status on the manifest revision: project-token (a project access"
+        " token the program creates; Premium on gitlab.com), token (deployStatusToken) or off; empty: off on"
+        " gitlab.com, project-token elsewhere.",
+        "project-token",
+        default="",
+    ),
+    Key(
+        "deployStatusToken",
+        "string",
+        "Optional secret: a GitLab token with scope api and at least Developer on the manifest project, for deployStatus=token.",
+        "(set with pulumi config set --secret deployStatusToken)",
+        default="",
+        secret=True,
+    ),
+    Key(
+        "slackWebhookUrl",
+        "string",
+        "Optional secret: a Slack incoming-webhook URL; each deploy's start and outcome is posted there.",
+        "(set with pulumi config set --secret slackWebhookUrl)",
+        default="",
+        secret=True,
+    ),
 )
 
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -340,6 +366,15 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """Deploy feedback: the commit-status mode as set ("" for the host's default) and its secrets."""
+
+    deploy_status: str = ""
+    deploy_status_token: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the program needs, validated."""
 
@@ -350,6 +385,7 @@ class Settings:
     registry: RegistrySettings
     credentials_epoch: int
     kube_context: str | None
+    feedback: FeedbackSettings = FeedbackSettings()
 
 
 @dataclass(frozen=True)
@@ -609,6 +645,23 @@ def parse_settings(
         f"must be one of {', '.join(MANIFEST_MERGE_ACCESS)}: a deploy needs a maintainer's approval, never less",
     )
     key_owner_token = r.string("deployKeyOwnerToken")
+    deploy_status = r.string("deployStatus") or ""
+    r.check(
+        "deployStatus",
+        deploy_status,
+        lambda v: v in ("", *DEPLOY_STATUS_MODES),
+        f"must be one of {', '.join(DEPLOY_STATUS_MODES)}, or empty for the host's default",
+    )
+    status_token = r.string("deployStatusToken")
+    if deploy_status == DEPLOY_STATUS_TOKEN and status_token is None:
+        r.bad(
+            "deployStatusToken", "is required with deployStatus=token; set it with `pulumi config set --secret deployStatusToken`"
+        )
+    if status_token is not None and deploy_status != DEPLOY_STATUS_TOKEN:
+        r.bad("deployStatusToken", "is used only with deployStatus=token; set that too, or remove this key", "(unset)")
+    slack_url = r.string("slackWebhookUrl")
+    if slack_url is not None and not (_https_url(slack_url) and not any(c.isspace() for c in slack_url)):
+        r.bad("slackWebhookUrl", "must be an https:// incoming-webhook URL", "https://hooks.slack.com/services/T000/B000/XXXX")
 
     user = r.string("dockerhubUser")
     if user is None:
@@ -676,6 +729,11 @@ def parse_settings(
 
     return Settings(
         stack=stack,
+        feedback=FeedbackSettings(
+            deploy_status=deploy_status,
+            deploy_status_token=SecretStr(status_token) if status_token else None,
+            slack_webhook_url=SecretStr(slack_url) if slack_url else None,
+        ),
         argocd=ArgoCdSettings(
             version=version,
             ha=ha,

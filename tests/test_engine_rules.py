@@ -271,3 +271,18 @@ def test_removing_the_starter_topic_forgets_the_starter_files_without_touching_t
     }
     # Those would be dropped from state only: the files are retained on delete.
     assert all(r["retain_on_delete"] for r in new.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/"))
+
+
+def test_turning_on_deploy_feedback_updates_in_place(program: Callable[..., Run], dev: Run) -> None:
+    on = program(
+        {
+            "deployStatus": "token",
+            "deployStatusToken": "glpat-StatusOnlyToken-4kd9",
+            "slackWebhookUrl": "https://hooks.slack.com/x",
+        },
+        secret_keys=("dockerhubToken", "deployStatusToken", "slackWebhookUrl"),
+    )
+    assert on.error is None, on.error
+    changes = diff_runs(dev.resources, on.resources)
+    assert by_action(changes, REPLACED) == set() and by_action(changes, CREATED) == set()
+    assert by_action(changes, UPDATED) == {"argocd-notifications-cm", "argocd-notifications-secret", "application"}

@@ -1,0 +1,195 @@
+"""Deploy feedback: Argo CD notifications that post a GitLab commit status, and optionally a Slack message, per sync.
+
+Pure module: no Pulumi. It writes the keys this program owns in `argocd-notifications-cm`
+(one webhook service per destination, one template per state, four triggers), names the keys
+it owns in `argocd-notifications-secret`, and gives the annotations an Application subscribes
+with. Per-app values (the GitLab project id) come from the Application's own annotations, so
+the shared ConfigMap does not change when an app is added.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+DEPLOY_STATUS_PROJECT_TOKEN = "project-token"
+DEPLOY_STATUS_TOKEN = "token"
+DEPLOY_STATUS_OFF = "off"
+DEPLOY_STATUS_MODES: tuple[str, ...] = (DEPLOY_STATUS_PROJECT_TOKEN, DEPLOY_STATUS_TOKEN, DEPLOY_STATUS_OFF)
+
+# Webhook services in argocd-notifications-cm (`service.webhook.<name>`).
+GITLAB_SERVICE = "gitops-gitlab-status"
+SLACK_SERVICE = "gitops-slack"
+# Keys in argocd-notifications-secret, referenced from the services as `$<key>`.
+GITLAB_TOKEN_KEY = "gitops-gitlab-status-token"
+SLACK_URL_KEY = "gitops-slack-webhook-url"
+# The Application annotation that carries the manifest project's id for the status path.
+PROJECT_ANNOTATION = "gitops-bootstrap/gitlab-project-id"
+SUBSCRIBE_PREFIX = "notifications.argoproj.io/subscribe"
+
+# The revision a sync is working on (while it runs), and the one it synced (afterwards).
+RUNNING_REVISION = ".app.status.operationState.operation.sync.revision"
+SYNCED_REVISION = ".app.status.operationState.syncResult.revision"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One trigger: when it fires, the commit status it posts, and what it says."""
+
+    name: str
+    when: str
+    state: str
+    description: str
+    revision: str
+    once_per: str | None = None
+
+
+# GitLab's commit status states are pending, running, success, failed and canceled.
+TRIGGERS: tuple[Trigger, ...] = (
+    Trigger(
+        "on-sync-running", "app.status.operationState.phase in ['Running']", "running", "Argo CD is syncing", RUNNING_REVISION
+    ),
+    Trigger(
+        "on-deployed",
+        "app.status.operationState.phase in ['Succeeded'] and app.status.health.status == 'Healthy'",
+        "success",
+        "Deployed and healthy",
+        SYNCED_REVISION,
+        # Once per synced revision, as Argo CD's own catalog does: health flapping back to
+        # Healthy does not post again.
+        once_per="app.status.operationState.syncResult.revision",
+    ),
+    Trigger(
+        "on-sync-failed", "app.status.operationState.phase in ['Error', 'Failed']", "failed", "The sync failed", SYNCED_REVISION
+    ),
+    Trigger(
+        "on-health-degraded",
+        "app.status.health.status == 'Degraded'",
+        "failed",
+        "Deployed, but the app is degraded",
+        SYNCED_REVISION,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """Where deploy feedback goes: GitLab's API (None: no commit status), Slack, and Argo CD's URL for links."""
+
+    gitlab_api_url: str | None
+    slack: bool = False
+    argocd_url: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any notification is configured."""
+        return self.gitlab_api_url is not None or self.slack
+
+    def services(self) -> tuple[str, ...]:
+        """The webhook services the Application subscribes to."""
+        return tuple(s for s, on in ((GITLAB_SERVICE, self.gitlab_api_url is not None), (SLACK_SERVICE, self.slack)) if on)
+
+
+def gitlab_api_url(base_url: str | None) -> str:
+    """GitLab's REST API root from the provider's `gitlab:baseUrl` (gitlab.com when unset)."""
+    url = (base_url or "https://gitlab.com/api/v4").rstrip("/")
+    return url if url.endswith("/api/v4") else f"{url}/api/v4"
+
+
+def is_gitlab_com(base_url: str | None) -> bool:
+    """Whether the provider talks to gitlab.com, whose tier the API does not tell."""
+    return (urlparse(base_url or "https://gitlab.com/").hostname or "") in ("gitlab.com", "www.gitlab.com")
+
+
+def deploy_status_mode(configured: str, base_url: str | None) -> str:
+    """The effective `deployStatus`: as set, or off on gitlab.com (project tokens need Premium) and project-token elsewhere."""
+    if configured:
+        return configured
+    return DEPLOY_STATUS_OFF if is_gitlab_com(base_url) else DEPLOY_STATUS_PROJECT_TOKEN
+
+
+def template_name(trigger: Trigger) -> str:
+    """The template a trigger sends."""
+    return f"gitops-{trigger.name}"
+
+
+def _dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=4096)
+
+
+def _status_body(trigger: Trigger, argocd_url: str | None) -> str:
+    body = {
+        "state": trigger.state,
+        # One status per app: apps that share a manifest repository never overwrite each other's.
+        "name": "argocd/{{.app.metadata.name}}",
+        "description": trigger.description,
+    }
+    if argocd_url:
+        body["target_url"] = "{{.context.argocdUrl}}/applications/{{.app.metadata.namespace}}/{{.app.metadata.name}}"
+    return json.dumps(body)
+
+
+def _slack_body(trigger: Trigger, argocd_url: str | None) -> str:
+    text = f"{{{{.app.metadata.name}}}}: {trigger.description} (revision {{{{{trigger.revision}}}}})"
+    if argocd_url:
+        text += " {{.context.argocdUrl}}/applications/{{.app.metadata.namespace}}/{{.app.metadata.name}}"
+    return json.dumps({"text": text})
+
+
+def notifications_config(spec: FeedbackSpec) -> dict[str, str]:
+    """The keys this program writes into `argocd-notifications-cm` (empty when feedback is off)."""
+    if not spec.enabled:
+        return {}
+    data: dict[str, str] = {}
+    if spec.argocd_url:
+        data["context"] = _dump({"argocdUrl": spec.argocd_url})
+    if spec.gitlab_api_url is not None:
+        data[f"service.webhook.{GITLAB_SERVICE}"] = _dump(
+            {
+                "url": spec.gitlab_api_url,
+                "headers": [
+                    {"name": "PRIVATE-TOKEN", "value": f"${GITLAB_TOKEN_KEY}"},
+                    {"name": "Content-Type", "value": "application/json"},
+                ],
+            }
+        )
+    if spec.slack:
+        data[f"service.webhook.{SLACK_SERVICE}"] = _dump(
+            {"url": f"${SLACK_URL_KEY}", "headers": [{"name": "Content-Type", "value": "application/json"}]}
+        )
+    project = f'{{{{index .app.metadata.annotations "{PROJECT_ANNOTATION}"}}}}'
+    for trigger in TRIGGERS:
+        webhook: dict[str, Any] = {}
+        if spec.gitlab_api_url is not None:
+            webhook[GITLAB_SERVICE] = {
+                "method": "POST",
+                "path": f"/projects/{project}/statuses/{{{{{trigger.revision}}}}}",
+                "body": _status_body(trigger, spec.argocd_url),
+            }
+        if spec.slack:
+            webhook[SLACK_SERVICE] = {"method": "POST", "body": _slack_body(trigger, spec.argocd_url)}
+        data[f"template.{template_name(trigger)}"] = _dump({"webhook": webhook})
+        condition: dict[str, Any] = {"when": trigger.when, "send": [template_name(trigger)]}
+        if trigger.once_per:
+            condition["oncePer"] = trigger.once_per
+        data[f"trigger.{trigger.name}"] = _dump([condition])
+    return data
+
+
+def secret_keys(spec: FeedbackSpec) -> tuple[str, ...]:
+    """The keys this program writes into `argocd-notifications-secret`."""
+    return tuple(k for k, on in ((GITLAB_TOKEN_KEY, spec.gitlab_api_url is not None), (SLACK_URL_KEY, spec.slack)) if on)
+
+
+def subscription_annotations(spec: FeedbackSpec, project_id: str) -> dict[str, str]:
+    """The Application's annotations: its project id for the status path, and a subscription per trigger and service."""
+    if not spec.enabled:
+        return {}
+    annotations = {f"{SUBSCRIBE_PREFIX}.{t.name}.{service}": "" for t in TRIGGERS for service in spec.services()}
+    if spec.gitlab_api_url is not None:
+        annotations[PROJECT_ANNOTATION] = project_id
+    return annotations
