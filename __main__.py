@@ -6,6 +6,7 @@ import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_gitlab as gitlab
@@ -19,6 +20,7 @@ pulumi.require_pulumi_version(">=3.272.0")
 
 from components import manifest_source
 from components.app import AppDeployment, AppDeploymentArgs
+from components.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.argocd_manifest import Overlays, prepare_objects
 from components.chart import ChartSpec
@@ -38,6 +40,7 @@ from components.gitlab_host import (
     HostFacts,
     adoption_warnings,
     cache_warnings,
+    deploy_branch,
     host_problems,
     protect_build_cache,
     seed_starter_app,
@@ -55,6 +58,13 @@ from components.notifications import (
     gitlab_api_url,
     notifications_config,
     subscription_annotations,
+)
+from components.rollouts import (
+    ROLLOUTS_NAMESPACE,
+    ROLLOUTS_SHA256,
+    ROLLOUTS_VERSION,
+    needs_rollouts,
+    prepare_rollouts,
 )
 from components.settings import KEYS, SecretStr, Settings, SettingsError, parse_settings
 
@@ -156,12 +166,22 @@ def notification_secrets(feedback: Feedback, access: GitLabAccess) -> dict[str, 
     return values
 
 
+def read_rollouts_manifest(settings: Settings) -> list[dict[str, Any]]:
+    """The verified Argo Rollouts manifest; a bad mirror stops the program before it registers anything more."""
+    try:
+        return manifest_source.load_manifest(settings.delivery.rollouts_manifest_source, ROLLOUTS_SHA256, "argoRolloutsManifest")
+    except manifest_source.ManifestError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
 settings = read_settings()
 argocd_settings = settings.argocd
 try:
     upstream = manifest_source.load_manifest(argocd_settings.manifest_source, argocd_settings.manifest_sha256)
 except manifest_source.ManifestError as exc:
     raise pulumi.RunError(str(exc)) from None
+# Read and verified before anything is registered, like Argo CD's: a bad mirror changes nothing.
+rollouts_upstream = read_rollouts_manifest(settings) if needs_rollouts(settings.delivery.strategy) else []
 # The parsed manifest (about 200,000 objects) lives for the whole run; freezing it keeps the
 # garbage collector from rescanning it on every collection while resources are registered.
 gc.freeze()
@@ -191,7 +211,13 @@ chart = StarterChart(
     "starter-chart",
     StarterChartArgs(
         manifest=projects.manifest,
-        chart=ChartSpec(name=settings.app.name, image_repository=settings.app.image_repository, container_port=settings.app.port),
+        chart=ChartSpec(
+            name=settings.app.name,
+            image_repository=settings.app.image_repository,
+            container_port=settings.app.port,
+            strategy=settings.delivery.strategy,
+            auto_promotion_seconds=settings.delivery.auto_promotion_seconds,
+        ),
         chart_path=settings.app.chart_path,
     ),
 )
@@ -279,6 +305,20 @@ argocd = ArgoCd(
     ),
     opts=k8s_opts,
 )
+# Canary and blue-green charts render a Rollout, which needs Argo Rollouts and its CRDs first.
+rollouts = (
+    ArgoRollouts(
+        "argo-rollouts",
+        ArgoRolloutsArgs(
+            namespace=ROLLOUTS_NAMESPACE,
+            version=ROLLOUTS_VERSION,
+            objects=prepare_rollouts(rollouts_upstream),
+        ),
+        opts=k8s_opts,
+    )
+    if needs_rollouts(settings.delivery.strategy)
+    else None
+)
 app = AppDeployment(
     "app",
     AppDeploymentArgs(
@@ -293,8 +333,11 @@ app = AppDeployment(
         argocd=argocd,
         repo_key_registered=[access.argocd_deploy_key],
         repo_content=chart.files,
+        requires=[rollouts] if rollouts else [],
         annotations=(
-            projects.manifest.id.apply(lambda project_id: subscription_annotations(feedback.spec, project_id))
+            projects.manifest.id.apply(
+                lambda project_id: subscription_annotations(feedback.spec, project_id, deploy_branch(settings.stack))
+            )
             if feedback.spec.enabled
             else None
         ),

@@ -53,6 +53,9 @@ class AppDeploymentArgs:
     repo_key_registered: list[pulumi.Resource] = field(default_factory=list)
     # Resources the first sync needs in the repository (the seeded chart).
     repo_content: list[pulumi.Resource] = field(default_factory=list)
+    # What the chart's kinds need in the cluster first (Argo Rollouts for a Rollout), and
+    # what must outlive the Application on destroy.
+    requires: list[pulumi.Resource] = field(default_factory=list)
     # Notification subscriptions and the values their templates read (notifications.subscription_annotations).
     annotations: pulumi.Input[dict[str, str]] | None = None
 
@@ -135,7 +138,9 @@ class AppDeployment(pulumi.ComponentResource):
             # and project disappear. The seeded chart and the guard rails come first, so the
             # first sync finds the chart and lands behind the policies.
             opts=child.merge(
-                pulumi.ResourceOptions(depends_on=[args.argocd, namespace, project, *policies, repo_secret, *args.repo_content])
+                pulumi.ResourceOptions(
+                    depends_on=[args.argocd, namespace, project, *policies, repo_secret, *args.repo_content, *args.requires]
+                )
             ),
         )
         self.namespace = namespace.metadata.name

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.rollouts import DELIVERY_STRATEGIES, STRATEGY_ROLLING
 from components.starter import STARTER_APP_HEALTH_PATH, STARTER_APP_PORT
 
 # The starter chart, as real files that `helm lint` and a reader see as committed. The program
@@ -49,6 +50,9 @@ class ChartSpec:
     container_port: int = STARTER_PORT
     replicas: int = 1
     health_path: str = STARTER_HEALTH_PATH
+    # rolling, canary or blueGreen (rollouts.DELIVERY_STRATEGIES), and blueGreen's auto-promotion delay (0: a person).
+    strategy: str = STRATEGY_ROLLING
+    auto_promotion_seconds: int = 0
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name):
@@ -61,6 +65,10 @@ class ChartSpec:
             raise ValueError(f"container port {self.container_port} is out of range")
         if self.replicas < 0:
             raise ValueError(f"replicas {self.replicas} must not be negative")
+        if self.strategy not in DELIVERY_STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} must be one of {DELIVERY_STRATEGIES}")
+        if self.auto_promotion_seconds < 0:
+            raise ValueError(f"auto promotion delay {self.auto_promotion_seconds} must not be negative")
         if not self.health_path.startswith("/") or any(c.isspace() for c in self.health_path):
             raise ValueError(f"health path {self.health_path!r} must be an absolute URL path")
 
@@ -106,6 +114,14 @@ def render_chart(spec: ChartSpec) -> dict[str, str]:
     values = _substitute("values.yaml", values, rf"^containerPort: {STARTER_PORT}$", f"containerPort: {spec.container_port}")
     values = _substitute(
         "values.yaml", values, rf"^    path: {re.escape(STARTER_HEALTH_PATH)}$", f"    path: {spec.health_path}", count=2
+    )
+    values = _substitute("values.yaml", values, rf"^strategy: {STRATEGY_ROLLING}$", f"strategy: {spec.strategy}")
+    auto = spec.auto_promotion_seconds > 0
+    values = _substitute(
+        "values.yaml", values, r"^  autoPromotionEnabled: false$", f"  autoPromotionEnabled: {str(auto).lower()}"
+    )
+    values = _substitute(
+        "values.yaml", values, r"^  autoPromotionSeconds: 0$", f"  autoPromotionSeconds: {spec.auto_promotion_seconds}"
     )
     files["values.yaml"] = values
     return files

@@ -66,13 +66,13 @@ def cache_dir() -> Path:
     return Path(base) / "gitops-bootstrap" / "argo-cd"
 
 
-def _verify(data: bytes, expected: str, source: str) -> bytes:
+def _verify(data: bytes, expected: str, source: str, key: str) -> bytes:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
+        fix = "set argocdManifestSha256 to the digest of a release you trust" if key == "argocdManifest" else f"fix {key}"
         raise ManifestError(
             f"checksum mismatch for {source}: expected sha256 {expected}, got {actual}. "
-            "The file is not the pinned release; check the mirror or set argocdManifestSha256 "
-            "to the digest of a release you trust."
+            f"The file is not the pinned release; check the mirror or {fix}."
         )
     return data
 
@@ -89,7 +89,7 @@ def _download(url: str) -> bytes:
         raise ManifestError(f"could not download {url}: {exc}") from exc
 
 
-def read_manifest(source: str, sha256: str) -> bytes:
+def read_manifest(source: str, sha256: str, key: str = "argocdManifest") -> bytes:
     """The verified bytes of a manifest from a local path or an https URL.
 
     Downloads are cached by digest, so a second run makes no network request.
@@ -97,15 +97,15 @@ def read_manifest(source: str, sha256: str) -> bytes:
     if not source.startswith("https://"):
         path = Path(source).expanduser()
         try:
-            return _verify(path.read_bytes(), sha256, str(path))
+            return _verify(path.read_bytes(), sha256, str(path), key)
         except FileNotFoundError as exc:
-            raise ManifestError(f"argocdManifest {path} does not exist") from exc
+            raise ManifestError(f"{key} {path} does not exist") from exc
     cached = cache_dir() / f"{sha256}.yaml"
     if cached.is_file():
         data = cached.read_bytes()
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
-    data = _verify(_download(source), sha256, source)
+    data = _verify(_download(source), sha256, source, key)
     cached.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crash never leaves a half-written file under a digest name.
     with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
@@ -119,6 +119,6 @@ def parse_manifest(data: bytes) -> list[dict[str, Any]]:
     return [doc for doc in yaml.load_all(data, Loader=_Loader) if doc]
 
 
-def load_manifest(source: str, sha256: str) -> list[dict[str, Any]]:
-    """Read, verify and parse a manifest."""
-    return parse_manifest(read_manifest(source, sha256))
+def load_manifest(source: str, sha256: str, key: str = "argocdManifest") -> list[dict[str, Any]]:
+    """Read, verify and parse a manifest; ``key`` is the setting that names its source, for errors."""
+    return parse_manifest(read_manifest(source, sha256, key))

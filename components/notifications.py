@@ -27,8 +27,10 @@ SLACK_SERVICE = "gitops-slack"
 # Keys in argocd-notifications-secret, referenced from the services as `$<key>`.
 GITLAB_TOKEN_KEY = "gitops-gitlab-status-token"
 SLACK_URL_KEY = "gitops-slack-webhook-url"
-# The Application annotation that carries the manifest project's id for the status path.
+# The Application annotations that carry the manifest project's id for the status path, and
+# the ref the status is filed under (see _status_body).
 PROJECT_ANNOTATION = "gitops-bootstrap/gitlab-project-id"
+REF_ANNOTATION = "gitops-bootstrap/gitlab-status-ref"
 SUBSCRIBE_PREFIX = "notifications.argoproj.io/subscribe"
 
 # The revision a sync is working on (while it runs), and the one it synced (afterwards).
@@ -48,30 +50,48 @@ class Trigger:
     once_per: str | None = None
 
 
-# GitLab's commit status states are pending, running, success, failed and canceled.
+_HAS_OPERATION = "app.status.operationState != nil"
+_ONCE_PER_SYNC = "app.status.operationState?.syncResult?.revision"
+# GitLab's commit status states are pending, running, success, failed and canceled. Each
+# trigger fires once per revision: a self-heal re-sync of a deployed revision must not post
+# `running` again over its `success`, which nothing would follow.
 TRIGGERS: tuple[Trigger, ...] = (
     Trigger(
-        "on-sync-running", "app.status.operationState.phase in ['Running']", "running", "Argo CD is syncing", RUNNING_REVISION
+        "on-sync-running",
+        f"{_HAS_OPERATION} and app.status.operationState.phase in ['Running']",
+        "running",
+        "Argo CD is syncing",
+        RUNNING_REVISION,
+        once_per="app.status.operationState?.operation?.sync?.revision",
     ),
     Trigger(
         "on-deployed",
-        "app.status.operationState.phase in ['Succeeded'] and app.status.health.status == 'Healthy'",
+        # Argo CD's own catalog condition (notifications_catalog/triggers/on-deployed.yaml): the
+        # phase turns Succeeded before health is recomputed, so an earlier Healthy must not count.
+        f"{_HAS_OPERATION} and app.status.operationState.phase in ['Succeeded'] and app.status.health.status == 'Healthy'"
+        " and (!time.Parse(app.status.health.lastTransitionTime).Add(1 * time.Minute)"
+        ".Before(time.Parse(app.status.operationState.finishedAt))"
+        " or time.Parse(app.status.health.lastTransitionTime).Before(time.Parse(app.status.operationState.startedAt)))",
         "success",
         "Deployed and healthy",
         SYNCED_REVISION,
-        # Once per synced revision, as Argo CD's own catalog does: health flapping back to
-        # Healthy does not post again.
-        once_per="app.status.operationState.syncResult.revision",
+        once_per=_ONCE_PER_SYNC,
     ),
     Trigger(
-        "on-sync-failed", "app.status.operationState.phase in ['Error', 'Failed']", "failed", "The sync failed", SYNCED_REVISION
+        "on-sync-failed",
+        f"{_HAS_OPERATION} and app.status.operationState.phase in ['Error', 'Failed']",
+        "failed",
+        "The sync failed",
+        SYNCED_REVISION,
+        once_per=_ONCE_PER_SYNC,
     ),
     Trigger(
         "on-health-degraded",
-        "app.status.health.status == 'Degraded'",
+        f"{_HAS_OPERATION} and app.status.health.status == 'Degraded'",
         "failed",
         "Deployed, but the app is degraded",
         SYNCED_REVISION,
+        once_per=_ONCE_PER_SYNC,
     ),
 )
 
@@ -124,6 +144,12 @@ def _dump(data: Any) -> str:
 def _status_body(trigger: Trigger, argocd_url: str | None) -> str:
     body = {
         "state": trigger.state,
+        # GitLab files a status under a ref and lets only users who may push to or merge into
+        # that ref post it (Ci::CreateCommitStatusService, Ci::PipelinePolicy#can_update_branch?).
+        # Left out, the ref is the protected default branch, where a Developer token gets 403;
+        # the app's deploy branch is unprotected, and the merged commit came from it.
+        # A raw `...` string in the template: the body is JSON, which would escape double quotes.
+        "ref": f"{{{{index .app.metadata.annotations `{REF_ANNOTATION}`}}}}",
         # One status per app: apps that share a manifest repository never overwrite each other's.
         "name": "argocd/{{.app.metadata.name}}",
         "description": trigger.description,
@@ -161,7 +187,7 @@ def notifications_config(spec: FeedbackSpec) -> dict[str, str]:
         data[f"service.webhook.{SLACK_SERVICE}"] = _dump(
             {"url": f"${SLACK_URL_KEY}", "headers": [{"name": "Content-Type", "value": "application/json"}]}
         )
-    project = f'{{{{index .app.metadata.annotations "{PROJECT_ANNOTATION}"}}}}'
+    project = f"{{{{index .app.metadata.annotations `{PROJECT_ANNOTATION}`}}}}"
     for trigger in TRIGGERS:
         webhook: dict[str, Any] = {}
         if spec.gitlab_api_url is not None:
@@ -185,11 +211,12 @@ def secret_keys(spec: FeedbackSpec) -> tuple[str, ...]:
     return tuple(k for k, on in ((GITLAB_TOKEN_KEY, spec.gitlab_api_url is not None), (SLACK_URL_KEY, spec.slack)) if on)
 
 
-def subscription_annotations(spec: FeedbackSpec, project_id: str) -> dict[str, str]:
-    """The Application's annotations: its project id for the status path, and a subscription per trigger and service."""
+def subscription_annotations(spec: FeedbackSpec, project_id: str, status_ref: str) -> dict[str, str]:
+    """The Application's annotations: its project id and status ref, and a subscription per trigger and service."""
     if not spec.enabled:
         return {}
     annotations = {f"{SUBSCRIBE_PREFIX}.{t.name}.{service}": "" for t in TRIGGERS for service in spec.services()}
     if spec.gitlab_api_url is not None:
         annotations[PROJECT_ANNOTATION] = project_id
+        annotations[REF_ANNOTATION] = status_ref
     return annotations

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from components import manifest_source
 from components.notifications import DEPLOY_STATUS_MODES, DEPLOY_STATUS_TOKEN
 from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA
+from components.rollouts import DELIVERY_STRATEGIES, ROLLOUTS_URL, STRATEGY_ROLLING
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -281,6 +282,29 @@ KEYS: tuple[Key, ...] = (
         secret=True,
     ),
     Key(
+        "deliveryStrategy",
+        "string",
+        "How a deploy replaces the app: rolling (a Deployment), canary or blueGreen (an Argo Rollouts Rollout;"
+        " the program installs Argo Rollouts). Seeds the starter chart only; an existing chart keeps its own.",
+        "canary",
+        default="rolling",
+    ),
+    Key(
+        "argoRolloutsManifest",
+        "string",
+        "Mirror of the Argo Rollouts v1.9.1 install manifest: a local file path or an https URL; empty uses the"
+        " pinned upstream URL. Its sha256 must match the pinned one.",
+        "https://mirror.example.com/argo-rollouts/v1.9.1/install.yaml",
+        default="",
+    ),
+    Key(
+        "blueGreenAutoPromotionSeconds",
+        "integer",
+        "blueGreen: promote the new version after this many seconds; 0 waits for a person to promote it.",
+        "300",
+        default=0,
+    ),
+    Key(
         "slackWebhookUrl",
         "string",
         "Optional secret: a Slack incoming-webhook URL; each deploy's start and outcome is posted there.",
@@ -366,6 +390,15 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """How deploys replace the app, and where Argo Rollouts comes from when a strategy needs it."""
+
+    strategy: str = STRATEGY_ROLLING
+    rollouts_manifest_source: str = ROLLOUTS_URL
+    auto_promotion_seconds: int = 0
+
+
+@dataclass(frozen=True)
 class FeedbackSettings:
     """Deploy feedback: the commit-status mode as set ("" for the host's default) and its secrets."""
 
@@ -386,6 +419,7 @@ class Settings:
     credentials_epoch: int
     kube_context: str | None
     feedback: FeedbackSettings = FeedbackSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
 
 @dataclass(frozen=True)
@@ -645,6 +679,12 @@ def parse_settings(
         f"must be one of {', '.join(MANIFEST_MERGE_ACCESS)}: a deploy needs a maintainer's approval, never less",
     )
     key_owner_token = r.string("deployKeyOwnerToken")
+    strategy = r.string("deliveryStrategy") or ""
+    r.check("deliveryStrategy", strategy, lambda v: v in DELIVERY_STRATEGIES, f"must be one of {', '.join(DELIVERY_STRATEGIES)}")
+    rollouts_mirror = r.string("argoRolloutsManifest")
+    if rollouts_mirror is not None and "://" in rollouts_mirror and not _https_url(rollouts_mirror):
+        r.bad("argoRolloutsManifest", "must be a local file path or an https:// URL")
+    auto_promotion = r.integer("blueGreenAutoPromotionSeconds", 0)
     deploy_status = r.string("deployStatus") or ""
     r.check(
         "deployStatus",
@@ -729,6 +769,11 @@ def parse_settings(
 
     return Settings(
         stack=stack,
+        delivery=DeliverySettings(
+            strategy=strategy,
+            rollouts_manifest_source=rollouts_mirror or ROLLOUTS_URL,
+            auto_promotion_seconds=auto_promotion,
+        ),
         feedback=FeedbackSettings(
             deploy_status=deploy_status,
             deploy_status_token=SecretStr(status_token) if status_token else None,

@@ -26,6 +26,9 @@ TEST_DOCKERHUB_USER = "gitopsdemo"
 # The contexts in the kubeconfig the test runs see: the ones the committed stacks pin.
 TEST_KUBE_CONTEXTS = ("kind-gitops", "prod-cluster")
 ARGO_CD = SHARED / "upstream" / "argo-cd"
+# The team's mirror of the pinned Argo Rollouts manifest; without it the program downloads the
+# pinned URL and checks the same sha256.
+ARGO_ROLLOUTS_MANIFEST = SHARED / "upstream" / "argo-rollouts" / "v1.9.1" / "install.yaml"
 
 
 def shared_manifest(version: str, ha: bool = False) -> Path | None:
@@ -93,6 +96,8 @@ def base_config(stack: str = "dev") -> dict[str, str]:
     mirror = shared_manifest(version, config.get("argocdHa") == "true")
     if mirror is not None and "argocdManifest" not in config:
         config["argocdManifest"] = str(mirror)
+    if ARGO_ROLLOUTS_MANIFEST.is_file() and "argoRolloutsManifest" not in config:
+        config["argoRolloutsManifest"] = str(ARGO_ROLLOUTS_MANIFEST)
     return config
 
 

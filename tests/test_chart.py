@@ -283,7 +283,9 @@ def test_starter_chart_files_are_the_rendered_chart() -> None:
         ".helmignore",
         "templates/_helpers.tpl",
         "templates/deployment.yaml",
+        "templates/rollout.yaml",
         "templates/service.yaml",
+        "templates/service-preview.yaml",
     }
 
 

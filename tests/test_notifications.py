@@ -28,6 +28,7 @@ from components.notifications import (
     GITLAB_SERVICE,
     GITLAB_TOKEN_KEY,
     PROJECT_ANNOTATION,
+    REF_ANNOTATION,
     SLACK_SERVICE,
     SLACK_URL_KEY,
     SUBSCRIBE_PREFIX,
@@ -48,6 +49,7 @@ SLACK_URL = "https://hooks.slack.com/services/T0000/B0000/TestOnlyWebhook0"
 ARGOCD_URL = "https://argocd.example.com"
 # GitLab's commit status states (POST /projects/:id/statuses/:sha).
 GITLAB_STATES = {"pending", "running", "success", "failed", "canceled", "skipped"}
+PROTECTED_DEFAULT_BRANCH = "main"
 FULL = FeedbackSpec(gitlab_api_url="https://gitlab.example.com/api/v4", slack=True, argocd_url=ARGOCD_URL)
 
 
@@ -87,13 +89,14 @@ def test_config_keys_parse_as_argo_cd_expects() -> None:
 
 def test_off_configures_nothing() -> None:
     off = FeedbackSpec(gitlab_api_url=None)
-    assert notifications_config(off) == {} and secret_keys(off) == () and subscription_annotations(off, "1") == {}
+    assert notifications_config(off) == {} and secret_keys(off) == () and subscription_annotations(off, "1", "x") == {}
 
 
 def test_subscriptions_name_the_defined_triggers_and_services() -> None:
     data = notifications_config(FULL)
-    annotations = subscription_annotations(FULL, "4242")
+    annotations = subscription_annotations(FULL, "4242", "gitops-deploy-dev")
     assert annotations.pop(PROJECT_ANNOTATION) == "4242"
+    assert annotations.pop(REF_ANNOTATION) == "gitops-deploy-dev"
     for key, value in annotations.items():
         prefix, trigger, service = key.rsplit(".", 2)
         assert prefix == SUBSCRIBE_PREFIX and value == ""
@@ -128,14 +131,20 @@ def schema_has(schema: dict[str, Any], path: list[str]) -> bool:
 def sample_application(revision: str, phase: str, health: str) -> dict[str, Any]:
     """An Application as the controller reports it mid-sync or after, with the fields the templates read."""
     return {
-        "metadata": {"name": "webapp", "namespace": "argocd", "annotations": {PROJECT_ANNOTATION: "4242"}},
+        "metadata": {
+            "name": "webapp",
+            "namespace": "argocd",
+            "annotations": {PROJECT_ANNOTATION: "4242", REF_ANNOTATION: "gitops-deploy-dev"},
+        },
         "status": {
             "operationState": {
                 "phase": phase,
                 "operation": {"sync": {"revision": revision}},
                 "syncResult": {"revision": revision},
+                "startedAt": "2026-11-28T10:00:00Z",
+                "finishedAt": "2026-11-28T10:00:20Z",
             },
-            "health": {"status": health},
+            "health": {"status": health, "lastTransitionTime": "2026-11-28T10:00:30Z"},
         },
     }
 
@@ -144,7 +153,7 @@ def test_every_field_the_templates_and_triggers_read_is_in_the_application_crd()
     schema = application_schema()
     text = json.dumps(notifications_config(FULL))
     paths = set(re.findall(r"\.app\.([A-Za-z.]+)", text)) | set(re.findall(r"\bapp\.([A-Za-z.]+)", text))
-    assert {"status.operationState.phase", "status.health.status", "status.operationState.syncResult.revision"} <= paths
+    assert {"status.operationState.phase", "status.health.status", "status.health.lastTransitionTime"} <= paths
     for path in paths:
         parts = path.strip(".").split(".")
         if parts[0] == "metadata":
@@ -203,7 +212,10 @@ def status_api() -> Iterator[StatusApi]:
                 and self.headers.get("PRIVATE-TOKEN") == STATUS_TOKEN
                 and body.get("state") in GITLAB_STATES
             )
-            self.send_response(201 if ok else 400)
+            # As GitLab: without a ref the status goes to the branch holding the commit, the
+            # protected default branch, where a Developer token may neither push nor merge.
+            allowed = body.get("ref") not in (None, "", PROTECTED_DEFAULT_BRANCH)
+            self.send_response(400 if not ok else 201 if allowed else 403)
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -242,6 +254,7 @@ def test_each_template_posts_a_commit_status_gitlab_accepts(helm: ModuleType, tm
             connection.close()
         sent = status_api.received[-1][2]
         assert sent == {
+            "ref": "gitops-deploy-dev",
             "state": trigger.state,
             "name": "argocd/webapp",
             "description": trigger.description,
@@ -286,6 +299,7 @@ def test_a_self_hosted_gitlab_gets_a_status_token_and_subscriptions(program: Cal
     assert yaml.safe_load(data[f"service.webhook.{GITLAB_SERVICE}"])["url"] == "https://gitlab.example.com/api/v4"
     annotations = run.named("application")["inputs"]["metadata"]["annotations"]
     assert annotations[PROJECT_ANNOTATION] == run.named("manifest-project")["outputs"]["id"]
+    assert annotations[REF_ANNOTATION] == "gitops-deploy-dev"
     assert {k for k in annotations if k.startswith(SUBSCRIBE_PREFIX)} == {
         f"{SUBSCRIBE_PREFIX}.{t.name}.{GITLAB_SERVICE}" for t in TRIGGERS
     }

@@ -48,3 +48,58 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ include "starter.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
+
+{{/* Replicas: none until CI's first release sets an image (appVersion "unreleased"). */}}
+{{- define "starter.replicas" -}}
+{{- if and (eq .Chart.AppVersion "unreleased") (not .Values.image.tag) }}0{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* Refuses a strategy the chart does not know, so a typo never renders no workload at all. */}}
+{{- define "starter.strategy" -}}
+{{- if not (has .Values.strategy (list "rolling" "canary" "blueGreen")) }}
+{{- fail (printf "strategy must be rolling, canary or blueGreen, not %q" .Values.strategy) }}
+{{- end }}
+{{- .Values.strategy }}
+{{- end }}
+
+{{/* The pod template, shared by the Deployment (rolling) and the Rollout (canary, blueGreen). */}}
+{{- define "starter.podTemplate" -}}
+metadata:
+  {{- with .Values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  labels:
+    {{- include "starter.labels" . | nindent 4 }}
+spec:
+  automountServiceAccountToken: false
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: {{ .Chart.Name }}
+      image: {{ include "starter.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      ports:
+        - name: http
+          containerPort: {{ .Values.containerPort }}
+          protocol: TCP
+      readinessProbe:
+        {{- toYaml .Values.readinessProbe | nindent 8 }}
+      livenessProbe:
+        {{- toYaml .Values.livenessProbe | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      volumeMounts:
+        # Writable scratch space, since the root filesystem is read-only.
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir: {}
+{{- end }}
