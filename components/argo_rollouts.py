@@ -8,8 +8,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.argocd_manifest import WORKLOAD_KINDS, is_namespaced, order_for_apply
-from components.kube import register_object
+from components.argocd_manifest import order_for_apply
+from components.kube import register_install
 
 
 @dataclass(frozen=True)
@@ -28,31 +28,10 @@ class ArgoRollouts(pulumi.ComponentResource):
         super().__init__("gitops:argo:Rollouts", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         ns = k8s.core.v1.Namespace("argo-rollouts-namespace", metadata={"name": args.namespace}, opts=child)
-        crds: list[pulumi.Resource] = []
-        config: list[pulumi.Resource] = []
-        self.workloads: list[pulumi.Resource] = []
-        for obj in order_for_apply(args.objects):
-            kind = obj["kind"]
-            if kind == "CustomResourceDefinition":
-                # Only on the namespace, so that destroy removes the CRDs (and every Rollout) before it.
-                deps: list[pulumi.Resource] = [ns]
-            elif kind in WORKLOAD_KINDS:
-                # The controller after its RBAC and config, and deleted before them.
-                deps = [ns, *crds, *config]
-            else:
-                deps = [ns, *crds] if is_namespaced(obj) else list(crds)
-            # Deleting the Rollout CRD deletes every Rollout, and with them the app's pods. A stack
-            # switched back to `rolling` (or destroyed) while a chart still renders a Rollout must
-            # not take the running app down: the CRDs stay in the cluster.
-            retain = kind == "CustomResourceDefinition"
-            # Typed Deployments wait for their rollout, so the controller is up before any Rollout syncs.
-            resource = register_object(
-                obj["metadata"]["name"], obj, child.merge(pulumi.ResourceOptions(depends_on=deps, retain_on_delete=retain))
-            )
-            if kind == "CustomResourceDefinition":
-                crds.append(resource)
-            elif kind in WORKLOAD_KINDS:
-                self.workloads.append(resource)
-            else:
-                config.append(resource)
+        # Deleting the Rollout CRD deletes every Rollout, and with them the app's pods. A stack
+        # switched back to `rolling` (or destroyed) while a chart still renders a Rollout must
+        # not take the running app down: the CRDs stay in the cluster. The controller
+        # Deployment is awaited, so it is up before any Rollout syncs.
+        _, _, workloads = register_install(order_for_apply(args.objects), ns, child, retain_crds=True)
+        self.workloads = list(workloads.values())
         self.register_outputs({"namespace": ns.metadata.name, "version": args.version})

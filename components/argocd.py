@@ -9,8 +9,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.argocd_manifest import WORKLOAD_KINDS, is_namespaced, order_for_apply
-from components.kube import register_object
+from components.argocd_manifest import order_for_apply
+from components.kube import register_install
 
 ADMIN_SECRET = "argocd-initial-admin-secret"
 WEBHOOK_SECRET_KEY = "webhook.gitlab.secret"
@@ -55,29 +55,11 @@ class ArgoCd(pulumi.ComponentResource):
         )
         self.namespace = ns.metadata.name
 
-        crds: list[pulumi.Resource] = []
-        config: list[pulumi.Resource] = []
-        workloads: dict[str, pulumi.CustomResource] = {}
-        for obj in order_for_apply(args.objects):
-            obj = self._with_webhook_secret(obj, args.webhook_secret)
-            obj = self._with_notification_secrets(obj, args.notification_secrets)
-            kind, obj_name = obj["kind"], obj["metadata"]["name"]
-            if kind == "CustomResourceDefinition":
-                # CRDs depend on the namespace only so that destroy removes them before it.
-                deps: list[pulumi.Resource] = [ns]
-            elif kind in WORKLOAD_KINDS:
-                # Workloads come after their config and RBAC, and are deleted before them.
-                deps = [ns, *crds, *config]
-            else:
-                # Everything else after the CRDs, so destroy deletes the CRDs after them.
-                deps = [ns, *crds] if is_namespaced(obj) else list(crds)
-            resource = register_object(obj_name, obj, child.merge(pulumi.ResourceOptions(depends_on=deps)))
-            if kind == "CustomResourceDefinition":
-                crds.append(resource)
-            elif kind in WORKLOAD_KINDS:
-                workloads[obj_name] = resource
-            else:
-                config.append(resource)
+        prepared = [
+            self._with_notification_secrets(self._with_webhook_secret(obj, args.webhook_secret), args.notification_secrets)
+            for obj in order_for_apply(args.objects)
+        ]
+        _, _, workloads = register_install(prepared, ns, child)
 
         self.server = workloads["argocd-server"]
         self.admin_password = self._read_admin_password(args.namespace) if args.read_admin_password else None

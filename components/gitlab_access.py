@@ -14,9 +14,6 @@ from components.settings import docker_auth
 # The merge-request step needs the API; developer is the lowest role that may open MRs.
 MR_TOKEN_SCOPES = ["api"]
 MR_TOKEN_ROLE = "developer"
-# Commit statuses: POST /projects/:id/statuses/:sha needs scope api and the Developer role.
-STATUS_TOKEN_SCOPES = ["api"]
-STATUS_TOKEN_ROLE = "developer"
 
 
 @dataclass(frozen=True)
@@ -75,13 +72,15 @@ class GitLabAccess(pulumi.ComponentResource):
             can_push=True,
             opts=key_opts,
         )
-        self.mr_token: gitlab.ProjectAccessToken | None = None
-        if args.merge_request_via == "api":
-            self.mr_token = gitlab.ProjectAccessToken(
-                "mr-token",
+
+        def project_token(name: str, token_name: str, description: str) -> gitlab.ProjectAccessToken:
+            return gitlab.ProjectAccessToken(
+                name,
                 project=manifest_id,
-                name=f"gitops-bootstrap-mr-{args.stack}",
-                description="Opens merge requests from the app project's pipeline.",
+                name=f"gitops-bootstrap-{token_name}-{args.stack}",
+                description=description,
+                # Developer with scope api: the lowest role and scope that may open merge requests
+                # (mr-token) and post commit statuses (deploy-status-token).
                 scopes=MR_TOKEN_SCOPES,
                 access_level=MR_TOKEN_ROLE,
                 # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
@@ -90,25 +89,17 @@ class GitLabAccess(pulumi.ComponentResource):
                     "rotate_before_days": args.token_rotate_before_days,
                 },
                 # A new epoch replaces the token; create-before-delete keeps the old one valid
-                # until GITLAB_PRIVATE_TOKEN holds the new one.
+                # until its consumer (GITLAB_PRIVATE_TOKEN, the notifications Secret) holds the new one.
                 opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
             )
 
+        self.mr_token: gitlab.ProjectAccessToken | None = None
+        if args.merge_request_via == "api":
+            self.mr_token = project_token("mr-token", "mr", "Opens merge requests from the app project's pipeline.")
         self.status_token: gitlab.ProjectAccessToken | None = None
         if args.status_token:
-            self.status_token = gitlab.ProjectAccessToken(
-                "deploy-status-token",
-                project=manifest_id,
-                name=f"gitops-bootstrap-status-{args.stack}",
-                description="Argo CD notifications: commit statuses for deploys of the manifest project.",
-                scopes=STATUS_TOKEN_SCOPES,
-                access_level=STATUS_TOKEN_ROLE,
-                rotation_configuration={
-                    "expiration_days": args.token_expiry_days,
-                    "rotate_before_days": args.token_rotate_before_days,
-                },
-                # A new epoch replaces it; the notifications Secret is updated in place.
-                opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
+            self.status_token = project_token(
+                "deploy-status-token", "status", "Argo CD notifications: commit statuses for deploys of the manifest project."
             )
 
         # Always a bool: `hidden` is Optional+Computed and RequiresReplace without

@@ -9,6 +9,8 @@ from typing import Any
 import pulumi
 from pulumi_kubernetes.apiextensions import CustomResource
 
+from components.argocd_manifest import WORKLOAD_KINDS, is_namespaced
+
 # API group → pulumi_kubernetes module, for the groups Argo CD's manifests use.
 _GROUP_MODULES = {
     "": "core",
@@ -56,3 +58,39 @@ def register_object(name: str, obj: dict[str, Any], opts: pulumi.ResourceOptions
         spec=body.get("spec"),
         opts=opts,
     )
+
+
+def register_install(
+    objects: list[dict[str, Any]],
+    namespace: pulumi.Resource,
+    opts: pulumi.ResourceOptions,
+    retain_crds: bool = False,
+) -> tuple[list[pulumi.Resource], list[pulumi.Resource], dict[str, pulumi.CustomResource]]:
+    """Register an upstream install's objects (already in apply order); its CRDs, config and workloads.
+
+    The order decides destroy too: workloads go first, then their config and RBAC, then the
+    CRDs, then the namespace. ``retain_crds`` leaves the CRDs in the cluster on delete.
+    """
+    crds: list[pulumi.Resource] = []
+    config: list[pulumi.Resource] = []
+    workloads: dict[str, pulumi.CustomResource] = {}
+    for obj in objects:
+        kind, obj_name = obj["kind"], obj["metadata"]["name"]
+        if kind == "CustomResourceDefinition":
+            # CRDs depend on the namespace only so that destroy removes them before it.
+            deps: list[pulumi.Resource] = [namespace]
+        elif kind in WORKLOAD_KINDS:
+            # Workloads come after their config and RBAC, and are deleted before them.
+            deps = [namespace, *crds, *config]
+        else:
+            # Everything else after the CRDs, so destroy deletes the CRDs after them.
+            deps = [namespace, *crds] if is_namespaced(obj) else list(crds)
+        retain = retain_crds and kind == "CustomResourceDefinition"
+        resource = register_object(obj_name, obj, opts.merge(pulumi.ResourceOptions(depends_on=deps, retain_on_delete=retain)))
+        if kind == "CustomResourceDefinition":
+            crds.append(resource)
+        elif kind in WORKLOAD_KINDS:
+            workloads[obj_name] = resource
+        else:
+            config.append(resource)
+    return crds, config, workloads
