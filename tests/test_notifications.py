@@ -10,10 +10,9 @@ import http.client
 import json
 import re
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +41,7 @@ from components.notifications import (
     template_name,
 )
 from tests.conftest import ARGO_CD, Run
+from tests.tools import loopback_api
 
 SELF_HOSTED = "https://gitlab.example.com/api/v4/"
 STATUS_TOKEN = "glpat-StatusOnlyToken-4kd9"
@@ -218,15 +218,9 @@ def status_api() -> Iterator[StatusApi]:
             self.send_response(400 if not ok else 201 if allowed else 403)
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}/api/v4"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_api(Handler) as base_url:
+        api.base_url = base_url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_each_template_posts_a_commit_status_gitlab_accepts(helm: ModuleType, tmp_path: Path, status_api: StatusApi) -> None:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -50,7 +50,7 @@ from components.pipeline import (
     render_pipeline,
     required_variables,
 )
-from tests.tools import bump_chart, missing, require_tool
+from tests.tools import bump_chart, loopback_api, missing, require_tool
 
 SSHD = "/usr/sbin/sshd"
 PROJECT_ID = "4242"
@@ -631,17 +631,9 @@ def _handler_for(api: FakeMergeRequestApi) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def mr_api() -> Iterator[FakeMergeRequestApi]:
     api = FakeMergeRequestApi()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(api))
-    server.timeout = 5
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}/api/v4"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with loopback_api(_handler_for(api)) as base_url:
+        api.base_url = base_url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------- running jobs

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import re
 import shutil
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +79,18 @@ def bump_chart(chart_file: Path, tag: str, digest: str, commit: str, expect_succ
     result = subprocess.run(["sh", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode == 0) == expect_success, f"the release lines on {chart_file}: {result.stderr}"
     return result.stderr
+
+
+@contextlib.contextmanager
+def loopback_api(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free loopback port for the duration; yields its ``/api/v4`` base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/v4"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
