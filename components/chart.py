@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.rollouts import DELIVERY_STRATEGIES, STRATEGY_ROLLING
-from components.starter import STARTER_APP_HEALTH_PATH, STARTER_APP_PORT
+from components.starter import STARTER_APP_HEALTH_PATH, STARTER_APP_PORT, substitute
 
 # The starter chart, as real files that `helm lint` and a reader see as committed. The program
 # changes only the lines `render_chart` names: chart name, image repository, port, probes.
@@ -73,14 +73,6 @@ class ChartSpec:
             raise ValueError(f"health path {self.health_path!r} must be an absolute URL path")
 
 
-def _substitute(path: str, text: str, pattern: str, replacement: str, count: int | None = 1) -> str:
-    """``text`` with ``pattern`` (a whole line) replaced; fails if the starter file has drifted."""
-    result, found = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
-    if (count is not None and found != count) or found == 0:
-        raise ValueError(f"starter chart file {path}: expected {count} line(s) matching {pattern!r}, found {found}")
-    return result
-
-
 def starter_chart_files() -> dict[str, str]:
     """The starter chart's files as they are on disk, keyed by path inside the chart."""
     return {
@@ -96,31 +88,27 @@ def render_chart(spec: ChartSpec) -> dict[str, str]:
     for path, text in files.items():
         # Helper names carry the chart name, as Helm expects, so they cannot clash with a subchart's.
         if path.startswith("templates/"):
-            text = _substitute(path, text, r'"' + STARTER_NAME + r"\.", f'"{spec.name}.', count=None)
+            text = substitute(path, text, r'"' + STARTER_NAME + r"\.", f'"{spec.name}.', count=None)
         files[path] = text
     chart = files["Chart.yaml"]
-    chart = _substitute("Chart.yaml", chart, rf"^name: {STARTER_NAME}$", f"name: {spec.name}")
-    chart = _substitute(
-        "Chart.yaml", chart, r"^description: .*$", f"description: Helm chart for {spec.name}, deployed by Argo CD"
-    )
+    chart = substitute("Chart.yaml", chart, rf"^name: {STARTER_NAME}$", f"name: {spec.name}")
+    chart = substitute("Chart.yaml", chart, r"^description: .*$", f"description: Helm chart for {spec.name}, deployed by Argo CD")
     # Quoted so that tags like 1.10 stay strings; the pipeline rewrites this line.
-    chart = _substitute("Chart.yaml", chart, rf'^appVersion: "{UNRELEASED}"$', f'appVersion: "{spec.app_version}"')
+    chart = substitute("Chart.yaml", chart, rf'^appVersion: "{UNRELEASED}"$', f'appVersion: "{spec.app_version}"')
     files["Chart.yaml"] = chart
     values = files["values.yaml"]
-    values = _substitute("values.yaml", values, r"^replicaCount: 1$", f"replicaCount: {spec.replicas}")
-    values = _substitute(
+    values = substitute("values.yaml", values, r"^replicaCount: 1$", f"replicaCount: {spec.replicas}")
+    values = substitute(
         "values.yaml", values, rf"^  repository: {re.escape(STARTER_REPOSITORY)}$", f"  repository: {spec.image_repository}"
     )
-    values = _substitute("values.yaml", values, rf"^containerPort: {STARTER_PORT}$", f"containerPort: {spec.container_port}")
-    values = _substitute(
+    values = substitute("values.yaml", values, rf"^containerPort: {STARTER_PORT}$", f"containerPort: {spec.container_port}")
+    values = substitute(
         "values.yaml", values, rf"^    path: {re.escape(STARTER_HEALTH_PATH)}$", f"    path: {spec.health_path}", count=2
     )
-    values = _substitute("values.yaml", values, rf"^strategy: {STRATEGY_ROLLING}$", f"strategy: {spec.strategy}")
+    values = substitute("values.yaml", values, rf"^strategy: {STRATEGY_ROLLING}$", f"strategy: {spec.strategy}")
     auto = spec.auto_promotion_seconds > 0
-    values = _substitute(
-        "values.yaml", values, r"^  autoPromotionEnabled: false$", f"  autoPromotionEnabled: {str(auto).lower()}"
-    )
-    values = _substitute(
+    values = substitute("values.yaml", values, r"^  autoPromotionEnabled: false$", f"  autoPromotionEnabled: {str(auto).lower()}")
+    values = substitute(
         "values.yaml", values, r"^  autoPromotionSeconds: 0$", f"  autoPromotionSeconds: {spec.auto_promotion_seconds}"
     )
     files["values.yaml"] = values

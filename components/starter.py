@@ -5,6 +5,7 @@ The app's files live in the repository under ``starter/app/``; they are committe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 STARTER_APP_DIR: Path = Path(__file__).resolve().parent.parent / "starter" / "app"
@@ -38,15 +39,23 @@ _PORT_LINES: dict[str, tuple[str, ...]] = {
 }
 
 
+def substitute(path: str, text: str, pattern: str, replacement: str, count: int | None = 1) -> str:
+    """``text`` with each match of the regex ``pattern`` (multiline) replaced by ``replacement``.
+
+    Raises unless there are exactly ``count`` matches (at least one for None): a starter file
+    that has drifted from what the program expects must fail loudly, not be half-templated.
+    """
+    result, found = re.subn(pattern, lambda _: replacement, text, flags=re.MULTILINE)
+    if (count is not None and found != count) or found == 0:
+        raise ValueError(f"starter file {path}: expected {count or 'some'} match(es) of {pattern!r}, found {found}")
+    return result
+
+
 def render_starter_app(port: int = STARTER_APP_PORT) -> dict[str, str]:
     """The starter app's files for an app that listens on ``port`` (the chart's containerPort)."""
     files = starter_app_files()
     for path, patterns in _PORT_LINES.items():
-        text = files[path]
         for pattern in patterns:
             old, new = pattern.format(port=STARTER_APP_PORT), pattern.format(port=port)
-            if text.count(old) != 1:
-                raise ValueError(f"starter app file {path}: expected one {old!r}, found {text.count(old)}")
-            text = text.replace(old, new)
-        files[path] = text
+            files[path] = substitute(path, files[path], re.escape(old), new)
     return files
