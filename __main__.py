@@ -19,34 +19,16 @@ import pulumi_kubernetes as k8s
 pulumi.require_pulumi_version(">=3.272.0")
 
 from components import manifest_source
-from components.app import AppDeployment, AppDeploymentArgs
+from components.apps import manifest_repositories, project_key
 from components.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.argocd_manifest import Overlays, prepare_objects
-from components.chart import ChartSpec
 from components.credentials import Credentials, CredentialsArgs
-from components.gitlab_access import AccessArgs, GitLabAccess
-from components.gitlab_content import (
-    BranchProtections,
-    DeliveryPipeline,
-    DeliveryPipelineArgs,
-    StarterApp,
-    StarterAppArgs,
-    StarterChart,
-    StarterChartArgs,
-    chart_repo_path,
-)
-from components.gitlab_host import (
-    HostFacts,
-    adoption_warnings,
-    cache_warnings,
-    deploy_branch,
-    host_problems,
-    protect_build_cache,
-    seed_starter_app,
-)
-from components.gitlab_projects import GitLabProjects, read_host
+from components.gitlab_host import HostFacts, adoption_warnings, cache_warnings, host_problems
+from components.gitlab_projects import read_host
+from components.gitops_app import GitOpsApp, GitOpsAppArgs
 from components.kubeconfig import read_contexts
+from components.manifest_repository import ManifestRepository, ManifestRepositoryArgs
 from components.notifications import (
     DEPLOY_STATUS_OFF,
     DEPLOY_STATUS_PROJECT_TOKEN,
@@ -57,7 +39,6 @@ from components.notifications import (
     deploy_status_mode,
     gitlab_api_url,
     notifications_config,
-    subscription_annotations,
 )
 from components.rollouts import (
     ROLLOUTS_NAMESPACE,
@@ -101,15 +82,16 @@ def read_gitlab_instance() -> GitLabInstance:
 
 def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
     """The GitLab instance's edition and existing projects; stops on an archived project in the way."""
-    host = read_host(settings.gitlab)
+    host = read_host(settings.gitlab, settings.apps)
     problems = host_problems(host, settings.gitlab, instance.base_url)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))
     # The program changes no adopted project's settings; `pulumi preview` says where they leave holes.
     for warning in adoption_warnings(host):
         pulumi.log.warn(f"adopted project {warning}")
-    for warning in cache_warnings(host, settings.gitlab, settings.app.cache_repository):
-        pulumi.log.warn(warning)
+    for app in settings.apps:
+        for warning in cache_warnings(host, app):
+            pulumi.log.warn(warning)
     return host
 
 
@@ -138,8 +120,11 @@ class Feedback:
     slack_url: SecretStr | None
 
 
-def read_feedback(settings: Settings, instance: GitLabInstance) -> Feedback:
-    """Resolve deployStatus for this GitLab host; warn when deploys report nowhere."""
+def read_feedback(settings: Settings, instance: GitLabInstance, repository_suffixes: tuple[str, ...]) -> Feedback:
+    """Resolve deployStatus for this GitLab host; warn when deploys report nowhere.
+
+    With project tokens, each manifest project has a token and a status service of its own.
+    """
     mode = deploy_status_mode(settings.feedback.deploy_status, instance.base_url)
     if mode == DEPLOY_STATUS_OFF:
         pulumi.log.warn(
@@ -150,15 +135,18 @@ def read_feedback(settings: Settings, instance: GitLabInstance) -> Feedback:
         gitlab_api_url=None if mode == DEPLOY_STATUS_OFF else gitlab_api_url(instance.base_url),
         slack=settings.feedback.slack_webhook_url is not None,
         argocd_url=settings.argocd.external_url,
+        status_suffixes=repository_suffixes if mode == DEPLOY_STATUS_PROJECT_TOKEN else ("",),
     )
     return Feedback(mode, spec, settings.feedback.deploy_status_token, settings.feedback.slack_webhook_url)
 
 
-def notification_secrets(feedback: Feedback, access: GitLabAccess) -> dict[str, pulumi.Input[str]]:
+def notification_secrets(feedback: Feedback, repositories: list[ManifestRepository]) -> dict[str, pulumi.Input[str]]:
     """The values for the keys this program owns in argocd-notifications-secret, all secret."""
     values: dict[str, pulumi.Input[str]] = {}
-    if feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN and access.status_token is not None:
-        values[GITLAB_TOKEN_KEY] = pulumi.Output.secret(access.status_token.token)
+    if feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN:
+        for repository in repositories:
+            if repository.status_token is not None:
+                values[GITLAB_TOKEN_KEY + repository.spec_suffix] = pulumi.Output.secret(repository.status_token.token)
     elif feedback.mode == DEPLOY_STATUS_TOKEN and feedback.token is not None:
         values[GITLAB_TOKEN_KEY] = pulumi.Output.secret(feedback.token.reveal())
     if feedback.slack_url is not None:
@@ -180,15 +168,18 @@ try:
     upstream = manifest_source.load_manifest(argocd_settings.manifest_source, argocd_settings.manifest_sha256)
 except manifest_source.ManifestError as exc:
     raise pulumi.RunError(str(exc)) from None
+# Argo Rollouts is installed once for the stack when any app's strategy needs it.
+wants_rollouts = any(needs_rollouts(app.strategy) for app in settings.apps)
 # Read and verified before anything is registered, like Argo CD's: a bad mirror changes nothing.
-rollouts_upstream = read_rollouts_manifest(settings) if needs_rollouts(settings.delivery.strategy) else []
+rollouts_upstream = read_rollouts_manifest(settings) if wants_rollouts else []
 # The parsed manifest (about 200,000 objects) lives for the whole run; freezing it keeps the
 # garbage collector from rescanning it on every collection while resources are registered.
 gc.freeze()
 gitlab_instance = read_gitlab_instance()
 gitlab_host = read_gitlab(settings, gitlab_instance)
 webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
-feedback = read_feedback(settings, gitlab_instance)
+repository_specs = manifest_repositories(settings.apps)
+feedback = read_feedback(settings, gitlab_instance, tuple(spec.suffix for spec in repository_specs))
 
 # One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
 # than the 256 KiB last-applied annotation that client-side apply writes).
@@ -206,81 +197,26 @@ kubernetes = k8s.Provider(
 k8s_opts = pulumi.ResourceOptions(providers=[kubernetes])
 
 credentials = Credentials("credentials", CredentialsArgs(epoch=settings.credentials_epoch, webhook=webhook_url is not None))
-projects = GitLabProjects("gitlab", settings.gitlab, gitlab_host, settings.stack)
-chart = StarterChart(
-    "starter-chart",
-    StarterChartArgs(
-        manifest=projects.manifest,
-        chart=ChartSpec(
-            name=settings.app.name,
-            image_repository=settings.app.image_repository,
-            container_port=settings.app.port,
-            strategy=settings.delivery.strategy,
-            auto_promotion_seconds=settings.delivery.auto_promotion_seconds,
+key_owner = deploy_key_provider(settings, gitlab_instance)
+# Each manifest project once, however many apps keep their charts in it.
+repositories = {
+    spec.key: ManifestRepository(
+        spec.component_name,
+        ManifestRepositoryArgs(
+            spec=spec,
+            gitlab=settings.gitlab,
+            host=gitlab_host,
+            stack=settings.stack,
+            epoch=settings.credentials_epoch,
+            webhook_url=webhook_url,
+            webhook_secret=credentials.webhook_secret,
+            deploy_key_provider=key_owner,
+            status_token=feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN,
+            enterprise=gitlab_host.enterprise,
         ),
-        chart_path=settings.app.chart_path,
-    ),
-)
-protections = BranchProtections(
-    "branch-protection",
-    projects.app,
-    projects.manifest,
-    manifest_after=chart.files,
-    retain=settings.gitlab.projects_on_destroy == "retain",
-    enterprise=gitlab_host.enterprise,
-    manifest_merge=settings.gitlab.manifest_merge_access,
-)
-access = GitLabAccess(
-    "access",
-    AccessArgs(
-        stack=settings.stack,
-        app=projects.app,
-        manifest=projects.manifest,
-        argocd_public_key=credentials.argocd_public_key,
-        ci_public_key=credentials.ci_public_key,
-        ci_private_key=credentials.ci_private_key,
-        dockerhub_user=settings.registry.user,
-        dockerhub_token=pulumi.Output.secret(settings.registry.token.reveal()),
-        known_hosts=settings.gitlab.ssh_known_hosts,
-        hide_variables=settings.gitlab.hide_ci_variables,
-        token_expiry_days=settings.gitlab.token_expiry_days,
-        token_rotate_before_days=settings.gitlab.token_rotate_before_days,
-        epoch=settings.credentials_epoch,
-        merge_request_via=settings.gitlab.merge_request_via,
-        webhook_url=webhook_url,
-        webhook_secret=credentials.webhook_secret,
-        deploy_key_provider=deploy_key_provider(settings, gitlab_instance),
-        status_token=feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN,
-    ),
-)
-
-pipeline = DeliveryPipeline(
-    "delivery-pipeline",
-    DeliveryPipelineArgs(
-        app=projects.app,
-        manifest=projects.manifest,
-        image_repository=settings.app.image_repository,
-        chart_file=chart_repo_path(settings.app.chart_path, "Chart.yaml"),
-        merge_request_via=settings.gitlab.merge_request_via,
-        ready=[access, *([protections.app] if protections.app else [])],
-        stack=settings.stack,
-        enterprise=gitlab_host.enterprise,
-        build_runner_tags=settings.gitlab.build_runner_tags,
-        cache_repository=settings.app.cache_repository,
-        protect_cache=protect_build_cache(gitlab_host, settings.gitlab, settings.app.cache_repository),
-        retain=settings.gitlab.projects_on_destroy == "retain",
-    ),
-)
-
-StarterApp(
-    "starter-app",
-    StarterAppArgs(
-        app=projects.app,
-        seed=seed_starter_app(gitlab_host, settings.gitlab),
-        ready=[access, protections, pipeline, chart],
-        port=settings.app.port,
-    ),
-)
+    )
+    for spec in repository_specs
+}
 
 argocd = ArgoCd(
     "argocd",
@@ -301,7 +237,7 @@ argocd = ArgoCd(
         read_admin_password=argocd_settings.read_admin_password,
         kube_context=settings.kube_context,
         webhook_secret=credentials.webhook_secret,
-        notification_secrets=notification_secrets(feedback, access),
+        notification_secrets=notification_secrets(feedback, list(repositories.values())),
     ),
     opts=k8s_opts,
 )
@@ -316,34 +252,38 @@ rollouts = (
         ),
         opts=k8s_opts,
     )
-    if needs_rollouts(settings.delivery.strategy)
+    if wants_rollouts
     else None
 )
-app = AppDeployment(
-    "app",
-    AppDeploymentArgs(
-        name=settings.app.name,
-        namespace=settings.app.namespace,
-        argocd_namespace=argocd_settings.namespace,
-        repo_url=projects.manifest.ssh_url,
-        repo_private_key=credentials.argocd_private_key,
-        chart_path=settings.app.chart_path,
-        target_revision=projects.manifest.default_branch,
-        port=settings.app.port,
-        argocd=argocd,
-        repo_key_registered=[access.argocd_deploy_key],
-        repo_content=chart.files,
-        requires=[rollouts] if rollouts else [],
-        annotations=(
-            projects.manifest.id.apply(
-                lambda project_id: subscription_annotations(feedback.spec, project_id, deploy_branch(settings.stack))
-            )
-            if feedback.spec.enabled
-            else None
+
+apps: dict[str, GitOpsApp] = {}
+for app_settings in settings.apps:
+    apps[app_settings.name] = GitOpsApp(
+        app_settings.name,
+        GitOpsAppArgs(
+            app=app_settings,
+            repository=repositories[project_key(app_settings.manifest_project)],
+            gitlab=settings.gitlab,
+            host=gitlab_host,
+            stack=settings.stack,
+            epoch=settings.credentials_epoch,
+            registry=settings.registry,
+            argocd=argocd,
+            argocd_namespace=argocd_settings.namespace,
+            feedback=feedback.spec,
+            rollouts=rollouts,
+            deploy_key_provider=key_owner,
         ),
-    ),
-    opts=k8s_opts,
-)
+        opts=k8s_opts,
+    )
+# Each manifest project's default branch is locked once the charts seeded into it are committed,
+# and before any app's first pipeline can open a deploy merge request.
+for spec in repository_specs:
+    repositories[spec.key].lock(
+        after=[file for name in spec.apps if apps[name].chart.seed_branch is None for file in apps[name].chart.files]
+    )
+for app_settings in settings.apps:
+    apps[app_settings.name].finish(repositories[project_key(app_settings.manifest_project)].protection)
 
 pulumi.export("argocdNamespace", argocd.namespace)
 pulumi.export("argocdVersion", argocd_settings.version)
@@ -351,12 +291,30 @@ if argocd.admin_password is not None:
     pulumi.export("argocdAdminPassword", argocd.admin_password)
 pulumi.export("argocdPortForward", argocd.port_forward_command)
 pulumi.export("argocdUrl", argocd_settings.external_url or "https://localhost:8080")
-pulumi.export("appNamespace", app.namespace)
-pulumi.export("argocdDeployPublicKey", credentials.argocd_public_key)
-pulumi.export("ciDeployPublicKey", credentials.ci_public_key)
-for prefix, project in (("app", projects.app), ("manifest", projects.manifest)):
-    pulumi.export(f"{prefix}ProjectId", project.id)
-    pulumi.export(f"{prefix}ProjectWebUrl", project.web_url)
-    pulumi.export(f"{prefix}ProjectSshUrl", project.ssh_url)
 if webhook_url:
     pulumi.export("webhookUrl", webhook_url)
+pulumi.export(
+    "apps",
+    {
+        name: {
+            "namespace": app.deployment.namespace,
+            "appProjectId": app.project.id,
+            "appProjectWebUrl": app.project.web_url,
+            "appProjectSshUrl": app.project.ssh_url,
+            "manifestProjectWebUrl": app.repository.project.web_url,
+            "chartPath": app.settings.chart_path,
+            "ciDeployPublicKey": app.ci_public_key,
+        }
+        for name, app in apps.items()
+    },
+)
+if len(settings.apps) == 1:
+    # A one-app stack's outputs, as they have always been.
+    only = next(iter(apps.values()))
+    pulumi.export("appNamespace", only.deployment.namespace)
+    pulumi.export("argocdDeployPublicKey", only.repository.argocd_public_key)
+    pulumi.export("ciDeployPublicKey", only.ci_public_key)
+    for prefix, project in (("app", only.project), ("manifest", only.repository.project)):
+        pulumi.export(f"{prefix}ProjectId", project.id)
+        pulumi.export(f"{prefix}ProjectWebUrl", project.web_url)
+        pulumi.export(f"{prefix}ProjectSshUrl", project.ssh_url)

@@ -58,6 +58,8 @@ class AppDeploymentArgs:
     requires: list[pulumi.Resource] = field(default_factory=list)
     # Notification subscriptions and the values their templates read (notifications.subscription_annotations).
     annotations: pulumi.Input[dict[str, str]] | None = None
+    # Logical-name prefix (apps.AppNames).
+    prefix: str = ""
 
 
 class AppDeployment(pulumi.ComponentResource):
@@ -66,9 +68,10 @@ class AppDeployment(pulumi.ComponentResource):
     def __init__(self, name: str, args: AppDeploymentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:argocd:AppDeployment", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        p = args.prefix
 
         namespace = k8s.core.v1.Namespace(
-            "app-namespace",
+            f"{p}app-namespace",
             # Pod Security Admission refuses pods that break the `restricted` profile.
             metadata={"name": args.namespace, "labels": {"app.kubernetes.io/managed-by": "argocd", **PSA_LABELS}},
             # Destroy removes the app namespace after the Application and before Argo CD,
@@ -79,7 +82,7 @@ class AppDeployment(pulumi.ComponentResource):
         # change can delete or widen them.
         policies = [
             k8s.networking.v1.NetworkPolicy(
-                f"network-policy-{policy['metadata']['name']}",
+                f"{p}network-policy-{policy['metadata']['name']}",
                 metadata=policy["metadata"],
                 spec=policy["spec"],
                 opts=child.merge(pulumi.ResourceOptions(depends_on=[namespace])),
@@ -88,7 +91,7 @@ class AppDeployment(pulumi.ComponentResource):
         ]
         repo_url = pulumi.Output.from_input(args.repo_url).apply(with_git_suffix)
         project = CustomResource(
-            "argocd-project",
+            f"{p}argocd-project",
             api_version="argoproj.io/v1alpha1",
             kind="AppProject",
             metadata={"name": args.name, "namespace": args.argocd_namespace},
@@ -98,7 +101,7 @@ class AppDeployment(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd])),
         )
         repo_secret = k8s.core.v1.Secret(
-            "manifest-repo",
+            f"{p}manifest-repo",
             metadata={
                 "name": f"repo-{args.name}",
                 "namespace": args.argocd_namespace,
@@ -118,7 +121,7 @@ class AppDeployment(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[args.argocd, *args.repo_key_registered])),
         )
         CustomResource(
-            "application",
+            f"{p}application",
             api_version="argoproj.io/v1alpha1",
             kind="Application",
             metadata={

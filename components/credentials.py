@@ -1,4 +1,4 @@
-"""Generated credentials: the Argo CD and CI key pairs and the webhook secret."""
+"""Generated credentials: ED25519 key pairs and the webhook secret."""
 
 from __future__ import annotations
 
@@ -15,34 +15,45 @@ def _with_newline(key: str) -> str:
 
 
 @dataclass(frozen=True)
+class KeyPair:
+    """An ED25519 key pair in OpenSSH form; the private half a secret."""
+
+    private_key: pulumi.Output[str]
+    public_key: pulumi.Output[str]
+
+
+def key_pair(name: str, epoch: int, opts: pulumi.ResourceOptions) -> KeyPair:
+    """An ED25519 key pair that bumping ``epoch`` replaces.
+
+    Replacement is create-before-delete (the engine's default, so no ``delete_before_replace``):
+    consumers are updated to the new value while the old one still exists, and the old one
+    is deleted last.
+    """
+    # replacement_trigger: the key has no input that could change, so the epoch is what tells
+    # the engine to replace it.
+    key = tls.PrivateKey(name, algorithm="ED25519", opts=opts.merge(pulumi.ResourceOptions(replacement_trigger=epoch)))
+    return KeyPair(
+        private_key=pulumi.Output.secret(key.private_key_openssh.apply(_with_newline)),
+        public_key=key.public_key_openssh.apply(str.strip),
+    )
+
+
+@dataclass(frozen=True)
 class CredentialsArgs:
-    """Rotation epoch and which optional credentials are needed."""
+    """Rotation epoch and whether the webhook secret is needed."""
 
     epoch: int
     webhook: bool
 
 
 class Credentials(pulumi.ComponentResource):
-    """ED25519 key pairs for Argo CD (read-only) and CI (push), and the webhook secret.
+    """The stack's GitLab webhook secret, shared by every manifest project's hook and Argo CD.
 
-    Bumping ``epoch`` replaces every credential. Replacement is create-before-delete (the
-    engine's default, so no ``delete_before_replace``): consumers are updated to the new
-    value while the old one still exists, and the old one is deleted last.
+    The key pairs belong to the repositories (Argo CD's read-only key) and the apps (CI's push key).
     """
 
     def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:credentials:Credentials", name, None, opts)
-        # replacement_trigger: the keys have no input that could change, so the epoch is
-        # what tells the engine to replace them.
-        rotate = pulumi.ResourceOptions(parent=self, replacement_trigger=args.epoch)
-        argocd_key = tls.PrivateKey("argocd-repo-key", algorithm="ED25519", opts=rotate)
-        ci_key = tls.PrivateKey("ci-push-key", algorithm="ED25519", opts=rotate)
-
-        self.argocd_private_key: pulumi.Output[str] = pulumi.Output.secret(argocd_key.private_key_openssh.apply(_with_newline))
-        self.argocd_public_key: pulumi.Output[str] = argocd_key.public_key_openssh.apply(str.strip)
-        self.ci_private_key: pulumi.Output[str] = pulumi.Output.secret(ci_key.private_key_openssh.apply(_with_newline))
-        self.ci_public_key: pulumi.Output[str] = ci_key.public_key_openssh.apply(str.strip)
-
         self.webhook_secret: pulumi.Output[str] | None = None
         if args.webhook:
             webhook = random.RandomPassword(
@@ -53,5 +64,4 @@ class Credentials(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.webhook_secret = pulumi.Output.secret(webhook.result)
-
-        self.register_outputs({"argocdPublicKey": self.argocd_public_key, "ciPublicKey": self.ci_public_key})
+        self.register_outputs({})

@@ -16,6 +16,34 @@ MR_TOKEN_SCOPES = ["api"]
 MR_TOKEN_ROLE = "developer"
 
 
+def project_token(
+    name: str,
+    project: pulumi.Input[str],
+    token_name: str,
+    description: str,
+    expiry_days: int,
+    rotate_before_days: int,
+    epoch: int,
+    opts: pulumi.ResourceOptions,
+) -> gitlab.ProjectAccessToken:
+    """A Developer token with scope api on ``project``, rotated by `pulumi up` before it expires."""
+    return gitlab.ProjectAccessToken(
+        name,
+        project=project,
+        name=token_name,
+        description=description,
+        # Developer with scope api: the lowest role and scope that may open merge requests
+        # (mr-token) and post commit statuses (deploy-status-token).
+        scopes=MR_TOKEN_SCOPES,
+        access_level=MR_TOKEN_ROLE,
+        # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
+        rotation_configuration={"expiration_days": expiry_days, "rotate_before_days": rotate_before_days},
+        # A new epoch replaces the token; create-before-delete keeps the old one valid
+        # until its consumer (GITLAB_PRIVATE_TOKEN, the notifications Secret) holds the new one.
+        opts=opts.merge(pulumi.ResourceOptions(replacement_trigger=epoch)),
+    )
+
+
 @dataclass(frozen=True)
 class AccessArgs:
     """Who gets access to what, and the secrets involved."""
@@ -23,7 +51,6 @@ class AccessArgs:
     stack: str
     app: ProjectInfo
     manifest: ProjectInfo
-    argocd_public_key: pulumi.Input[str]
     ci_public_key: pulumi.Input[str]
     ci_private_key: pulumi.Input[str]
     dockerhub_user: str
@@ -35,71 +62,69 @@ class AccessArgs:
     epoch: int
     # "api": a project access token opens merge requests; "push-options": git push does.
     merge_request_via: str = "api"
-    webhook_url: str | None = None
-    webhook_secret: pulumi.Input[str] | None = None
     # A provider that authenticates as a bot account: it registers the deploy keys, so the
     # bot (a Developer on the manifest project) owns them, not the person running `pulumi up`.
     deploy_key_provider: pulumi.ProviderResource | None = None
-    # deployStatus=project-token: a token on the manifest project for Argo CD's commit statuses.
-    status_token: bool = False
+    # Logical-name prefix and the suffix of key titles and token names (apps.AppNames).
+    prefix: str = ""
+    suffix: str = ""
+
+
+def deploy_key(
+    name: str,
+    project: pulumi.Input[str],
+    title: str,
+    public_key: pulumi.Input[str],
+    can_push: bool,
+    opts: pulumi.ResourceOptions,
+    provider: pulumi.ProviderResource | None,
+) -> gitlab.DeployKey:
+    """A deploy key, registered by the bot account's provider when there is one.
+
+    A key's owner is whoever registers it: GitLab opens push-option merge requests as that
+    user (git_access_actor.rb), so whoever holds the CI key acts as its owner. Titles carry the
+    stack (and app) so that two stacks or apps sharing a project never collide.
+    """
+    return gitlab.DeployKey(
+        name,
+        project=project,
+        title=title,
+        key=public_key,
+        can_push=can_push,
+        opts=opts.merge(pulumi.ResourceOptions(provider=provider)) if provider else opts,
+    )
 
 
 class GitLabAccess(pulumi.ComponentResource):
-    """Deploy keys and access token on the manifest project, CI variables on the app project."""
+    """One app's push key and access token on the manifest project, and its CI variables on the app project."""
 
     def __init__(self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:gitlab:Access", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         manifest_id = args.manifest.id
+        p = args.prefix
 
-        # A key's owner is whoever registers it: GitLab opens push-option merge requests as
-        # that user (git_access_actor.rb), so whoever holds the CI key acts as its owner.
-        key_opts = child.merge(pulumi.ResourceOptions(provider=args.deploy_key_provider)) if args.deploy_key_provider else child
-        # Titles carry the stack so that two stacks sharing a project never collide.
-        self.argocd_deploy_key = gitlab.DeployKey(
-            "argocd-deploy-key",
-            project=manifest_id,
-            title=f"argocd-{args.stack}",
-            key=args.argocd_public_key,
-            can_push=False,
-            opts=key_opts,
+        self.ci_deploy_key = deploy_key(
+            f"{p}ci-deploy-key",
+            manifest_id,
+            f"ci-push-{args.stack}{args.suffix}",
+            args.ci_public_key,
+            True,
+            child,
+            args.deploy_key_provider,
         )
-        self.ci_deploy_key = gitlab.DeployKey(
-            "ci-deploy-key",
-            project=manifest_id,
-            title=f"ci-push-{args.stack}",
-            key=args.ci_public_key,
-            can_push=True,
-            opts=key_opts,
-        )
-
-        def project_token(name: str, token_name: str, description: str) -> gitlab.ProjectAccessToken:
-            return gitlab.ProjectAccessToken(
-                name,
-                project=manifest_id,
-                name=f"gitops-bootstrap-{token_name}-{args.stack}",
-                description=description,
-                # Developer with scope api: the lowest role and scope that may open merge requests
-                # (mr-token) and post commit statuses (deploy-status-token).
-                scopes=MR_TOKEN_SCOPES,
-                access_level=MR_TOKEN_ROLE,
-                # Sets expires_at too, and lets `pulumi up` rotate the token before it expires.
-                rotation_configuration={
-                    "expiration_days": args.token_expiry_days,
-                    "rotate_before_days": args.token_rotate_before_days,
-                },
-                # A new epoch replaces the token; create-before-delete keeps the old one valid
-                # until its consumer (GITLAB_PRIVATE_TOKEN, the notifications Secret) holds the new one.
-                opts=child.merge(pulumi.ResourceOptions(replacement_trigger=args.epoch)),
-            )
 
         self.mr_token: gitlab.ProjectAccessToken | None = None
         if args.merge_request_via == "api":
-            self.mr_token = project_token("mr-token", "mr", "Opens merge requests from the app project's pipeline.")
-        self.status_token: gitlab.ProjectAccessToken | None = None
-        if args.status_token:
-            self.status_token = project_token(
-                "deploy-status-token", "status", "Argo CD notifications: commit statuses for deploys of the manifest project."
+            self.mr_token = project_token(
+                f"{p}mr-token",
+                manifest_id,
+                f"gitops-bootstrap-mr-{args.stack}{args.suffix}",
+                "Opens merge requests from the app project's pipeline.",
+                args.token_expiry_days,
+                args.token_rotate_before_days,
+                args.epoch,
+                child,
             )
 
         # Always a bool: `hidden` is Optional+Computed and RequiresReplace without
@@ -114,7 +139,7 @@ class GitLabAccess(pulumi.ComponentResource):
         auth = pulumi.Output.secret(args.dockerhub_token).apply(lambda t: docker_auth(args.dockerhub_user, t))
         self.variables = [
             gitlab.ProjectVariable(
-                "dockerhub-token",
+                f"{p}dockerhub-token",
                 project=app_id,
                 key="DOCKERHUB_TOKEN",
                 value=auth,
@@ -128,7 +153,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=variable,
             ),
             gitlab.ProjectVariable(
-                "ssh-private-key",
+                f"{p}ssh-private-key",
                 project=app_id,
                 key=SSH_KEY_VARIABLE,
                 value=pulumi.Output.secret(args.ci_private_key),
@@ -146,7 +171,7 @@ class GitLabAccess(pulumi.ComponentResource):
                 opts=variable.merge(pulumi.ResourceOptions(depends_on=[self.ci_deploy_key])),
             ),
             gitlab.ProjectVariable(
-                "ssh-known-hosts",
+                f"{p}ssh-known-hosts",
                 project=app_id,
                 key="SSH_KNOWN_HOSTS",
                 value="\n".join(args.known_hosts) + "\n",
@@ -164,7 +189,7 @@ class GitLabAccess(pulumi.ComponentResource):
             token_value: pulumi.Output[str] = pulumi.Output.secret(self.mr_token.token.apply(str))
             self.variables.append(
                 gitlab.ProjectVariable(
-                    "gitlab-private-token",
+                    f"{p}gitlab-private-token",
                     project=app_id,
                     key=API_TOKEN_VARIABLE,
                     value=token_value,
@@ -178,19 +203,6 @@ class GitLabAccess(pulumi.ComponentResource):
                     description="Manifest project access token (api, developer) for opening merge requests.",
                     opts=variable,
                 )
-            )
-
-        self.hook: gitlab.ProjectHook | None = None
-        if args.webhook_url is not None and args.webhook_secret is not None:
-            self.hook = gitlab.ProjectHook(
-                "argocd-webhook",
-                project=manifest_id,
-                url=args.webhook_url,
-                token=pulumi.Output.secret(args.webhook_secret),
-                push_events=True,
-                merge_requests_events=False,
-                enable_ssl_verification=True,
-                opts=child,
             )
 
         self.register_outputs({"mrTokenExpiresAt": self.mr_token.expires_at if self.mr_token else None})

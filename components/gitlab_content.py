@@ -54,6 +54,11 @@ class StarterChartArgs:
     manifest: ProjectInfo
     chart: ChartSpec
     chart_path: str
+    # Logical-name prefix (apps.AppNames).
+    prefix: str = ""
+    # A branch to commit to instead of the default branch, which is locked when the manifest
+    # project existed before this app; a maintainer merges it.
+    seed_branch: str | None = None
 
 
 class StarterChart(pulumi.ComponentResource):
@@ -64,15 +69,27 @@ class StarterChart(pulumi.ComponentResource):
     def __init__(self, name: str, args: StarterChartArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("gitops:gitlab:StarterChart", name, None, opts)
         self.files = []
+        self.seed_branch: gitlab.Branch | None = None
         if not args.manifest.adopted:
+            branch: pulumi.Input[str] = args.manifest.default_branch
+            if args.seed_branch is not None:
+                self.seed_branch = gitlab.Branch(
+                    f"{args.prefix}seed-branch",
+                    project=args.manifest.id,
+                    name=args.seed_branch,
+                    ref=args.manifest.default_branch,
+                    # The team's branch once seeded: destroy keeps it, and it is never re-created.
+                    opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, ignore_changes=["ref"]),
+                )
+                branch = self.seed_branch.name
             # An adopted manifest project already holds its chart; it is never overwritten.
             for path, text in render_chart(args.chart).items():
                 self.files.append(
                     gitlab.RepositoryFile(
                         # Named by the path inside the chart, so the name never depends on settings.
-                        f"chart/{path}",
+                        f"{args.prefix}chart/{path}",
                         project=args.manifest.id,
-                        branch=args.manifest.default_branch,
+                        branch=branch,
                         file_path=chart_repo_path(args.chart_path, path),
                         content=text,
                         encoding="text",
@@ -98,51 +115,36 @@ class StarterChart(pulumi.ComponentResource):
 
 
 class BranchProtections(pulumi.ComponentResource):
-    """Protected default branches: nobody pushes to the manifest's, only maintainers to the app's."""
+    """A created app project's protected default branch: only maintainers push, developers merge.
+
+    The manifest project's protection belongs to its repository (manifest_repository), which
+    apps may share.
+    """
 
     app: gitlab.BranchProtection | None
-    manifest: gitlab.BranchProtection | None
 
     def __init__(
         self,
         name: str,
         app: ProjectInfo,
-        manifest: ProjectInfo,
-        manifest_after: Sequence[pulumi.Resource],
         enterprise: bool,
-        manifest_merge: str = "maintainer",
         retain: bool = False,
+        prefix: str = "",
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gitops:gitlab:BranchProtections", name, None, opts)
-        # With projectsOnDestroy=retain the projects stay as they are, protection included.
-        keep = pulumi.ResourceOptions(parent=self, retain_on_delete=retain)
-        # Adopted projects keep the protection their team set up.
-        self.manifest = None
-        if not manifest.adopted:
-            # Every deploy is a merge request that a maintainer (or, with manifestMergeAccess=admin,
-            # an administrator) merges; CI pushes only side branches, and its token (Developer)
-            # cannot merge here.
-            self.manifest = gitlab.BranchProtection(
-                "manifest-default-branch",
-                project=manifest.id,
-                branch=manifest.default_branch,
-                allow_force_push=False,
-                **protection_args(enterprise, push="no one", merge=manifest_merge),
-                # After the seeded chart: once nobody may push, not even the program can commit.
-                opts=keep.merge(pulumi.ResourceOptions(depends_on=list(manifest_after))),
-            )
         self.app = None
         if not app.adopted:
             # Protected variables reach only pipelines of protected branches. Developers merge app
             # changes; only maintainers push directly. The pipeline itself is not in this project.
             self.app = gitlab.BranchProtection(
-                "app-default-branch",
+                f"{prefix}app-default-branch",
                 project=app.id,
                 branch=app.default_branch,
                 allow_force_push=False,
                 **protection_args(enterprise, push="maintainer", merge="developer"),
-                opts=keep,
+                # With projectsOnDestroy=retain the project stays as it is, protection included.
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=retain),
             )
         self.register_outputs({})
 
@@ -166,6 +168,9 @@ class DeliveryPipelineArgs:
     protect_cache: bool = False
     # projectsOnDestroy=retain: the pipeline branch keeps its protection.
     retain: bool = False
+    # Logical-name prefix and branch-name suffix (apps.AppNames).
+    prefix: str = ""
+    suffix: str = ""
 
 
 class DeliveryPipeline(pulumi.ComponentResource):
@@ -187,7 +192,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     manifest_project_id=str(values[0]),
                     manifest_default_branch=values[2],
                     chart_file=args.chart_file,
-                    deploy_branch=deploy_branch(args.stack),
+                    deploy_branch=deploy_branch(args.stack, args.suffix),
                     merge_request_via=args.merge_request_via,
                     build_runner_tags=args.build_runner_tags,
                     cache_repository=args.cache_repository,
@@ -199,9 +204,9 @@ class DeliveryPipeline(pulumi.ComponentResource):
         if args.app.adopted:
             project, branch, after = args.app.id, args.app.default_branch, list(args.ready)
         else:
-            branch_name = pipeline_branch(args.stack)
+            branch_name = pipeline_branch(args.stack, args.suffix)
             pipeline_ref = gitlab.Branch(
-                "pipeline-branch",
+                f"{args.prefix}pipeline-branch",
                 project=args.manifest.id,
                 name=branch_name,
                 ref=args.manifest.default_branch,
@@ -210,7 +215,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 opts=child.merge(pulumi.ResourceOptions(retain_on_delete=True, ignore_changes=["ref"])),
             )
             protection = gitlab.BranchProtection(
-                "pipeline-branch-protection",
+                f"{args.prefix}pipeline-branch-protection",
                 project=args.manifest.id,
                 branch=pipeline_ref.name,
                 allow_force_push=False,
@@ -220,7 +225,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
             # A tag of the same name could shadow the branch when GitLab resolves the ref in
             # `ci_config_path`; nobody may create one.
             tag_guard = gitlab.TagProtection(
-                "pipeline-tag-protection",
+                f"{args.prefix}pipeline-tag-protection",
                 project=args.manifest.id,
                 tag=branch_name,
                 create_access_level="no one",
@@ -233,7 +238,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
             # project's registry; BuildKit trusts what it imports from the cache. Only maintainers'
             # pipelines write it now (export errors are ignored); every build still reads it.
             gitlab.ProjectContainerRepositoryProtection(
-                "build-cache-protection",
+                f"{args.prefix}build-cache-protection",
                 project=args.app.id,
                 repository_path_pattern=args.app.path_with_namespace.apply(
                     lambda path: f"{path.lower()}/{CACHE_REPOSITORY_NAME}"
@@ -242,7 +247,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
             )
         self.file = gitlab.RepositoryFile(
-            "pipeline-file",
+            f"{args.prefix}pipeline-file",
             project=project,
             branch=branch,
             file_path=self.path,
@@ -280,6 +285,8 @@ class StarterAppArgs:
     ready: Sequence[pulumi.Resource]
     # The chart's containerPort (appPort): the app listens there.
     port: int = 8080
+    # Logical-name prefix (apps.AppNames).
+    prefix: str = ""
 
 
 class StarterApp(pulumi.ComponentResource):
@@ -298,7 +305,7 @@ class StarterApp(pulumi.ComponentResource):
                 last = path == STARTER_TRIGGER_FILE
                 resource = gitlab.RepositoryFile(
                     # Named by the path inside the app, so the name never depends on settings.
-                    f"app/{path}",
+                    f"{args.prefix}app/{path}",
                     project=args.app.id,
                     branch=args.app.default_branch,
                     file_path=path,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from components.settings import GitLabSettings, Problem
+from components.settings import AppSettings, GitLabSettings, Problem
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,22 @@ PROJECT_KEYS: dict[str, tuple[str, str]] = {
 ADOPT_APP, ADOPT_MANIFEST = PROJECT_KEYS["app"][1], PROJECT_KEYS["manifest"][1]
 
 
+def _is_key(key: str, name: str) -> bool:
+    """Whether a config key (``adoptAppProject``, ``apps[1].adoptAppProject``) is ``name``."""
+    return key == name or key.endswith(f".{name}")
+
+
+def _config_arg(key: str) -> str:
+    """How `pulumi config set` names a key: a key inside `apps` needs ``--path``."""
+    return f"--path '{key}'" if "." in key else key
+
+
+def _sibling(key: str, name: str) -> str:
+    """The key ``name`` beside ``key``, in the same `apps` entry if it is in one."""
+    head, dot, _ = key.rpartition(".")
+    return f"{head}{dot}{name}"
+
+
 @dataclass(frozen=True)
 class HostFacts:
     """The instance's edition, the namespace created projects go to, and existing projects."""
@@ -47,7 +63,7 @@ class HostFacts:
     enterprise: bool
     # The group's id created projects land in, or None for the token owner's namespace.
     namespace_id: int | None = None
-    # Adopted projects by config key (adoptAppProject / adoptManifestProject).
+    # Adopted projects by config key (adoptAppProject, or apps[1].adoptManifestProject).
     adopted: Mapping[str, ProjectRecord] = field(default_factory=dict)
     # Archived projects found at the paths this stack would create, by config key.
     archived_at_path: Mapping[str, ProjectRecord] = field(default_factory=dict)
@@ -74,22 +90,22 @@ def parse_version(text: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def protect_build_cache(facts: HostFacts, gitlab: GitLabSettings, cache_repository: str) -> bool:
-    """Whether the program protects the default layer cache so that only maintainers' pipelines write it."""
-    return cache_repository == "" and not gitlab.app_project.adopted and facts.version >= CACHE_PROTECTION_SINCE
+def protect_build_cache(facts: HostFacts, app: AppSettings) -> bool:
+    """Whether the program protects the app's default layer cache so that only maintainers' pipelines write it."""
+    return app.cache_repository == "" and not app.app_project.adopted and facts.version >= CACHE_PROTECTION_SINCE
 
 
-def cache_warnings(facts: HostFacts, gitlab: GitLabSettings, cache_repository: str) -> list[str]:
-    """Where the default layer cache stays writable by every Developer of the app project."""
-    if cache_repository != "" or protect_build_cache(facts, gitlab, cache_repository):
+def cache_warnings(facts: HostFacts, app: AppSettings) -> list[str]:
+    """Where the app's default layer cache stays writable by every Developer of its app project."""
+    if app.cache_repository != "" or protect_build_cache(facts, app):
         return []
     reason = (
         "the app project is adopted"
-        if gitlab.app_project.adopted
+        if app.app_project.adopted
         else f"this GitLab ({facts.version[0]}.{facts.version[1]}) is older than 17.8"
     )
     return [
-        f"the build's layer cache ($CI_REGISTRY_IMAGE/{CACHE_REPOSITORY_NAME}) stays writable by every Developer"
+        f"{app.name}: the build's layer cache ($CI_REGISTRY_IMAGE/{CACHE_REPOSITORY_NAME}) stays writable by every Developer"
         f" of the app project, because {reason}: a poisoned cache layer ships in the next build without a trace"
         f" in the app's history. Protect that repository for Maintainers (Settings > Packages and registries),"
         " or set buildCacheRepository to off."
@@ -102,20 +118,36 @@ def cache_warnings(facts: HostFacts, gitlab: GitLabSettings, cache_repository: s
 STARTER_TOPIC = "gitops-bootstrap-starter"
 
 
-def seed_starter_app(facts: HostFacts, gitlab: GitLabSettings) -> bool:
-    """Whether the starter app belongs in the app project: created here, and new or seeded before."""
-    if gitlab.app_project.adopted:
+def seed_starter_app(facts: HostFacts, app: AppSettings) -> bool:
+    """Whether the starter app belongs in the app's project: created here, and new or seeded before."""
+    if app.app_project.adopted:
         return False
-    topics = facts.live_topics.get(PROJECT_KEYS["app"][0])
+    topics = facts.live_topics.get(app.key(PROJECT_KEYS["app"][0]))
     return topics is None or STARTER_TOPIC in topics
 
 
-def created_paths(gitlab: GitLabSettings, namespace: str) -> dict[str, str]:
-    """Full paths of the projects this stack creates, by the config key that names them."""
+def manifest_exists(facts: HostFacts, app: AppSettings) -> bool:
+    """Whether the app's created manifest project existed before this run (its default branch is locked by now)."""
+    return app.key(PROJECT_KEYS["manifest"][0]) in facts.live_topics
+
+
+def created_paths(apps: tuple[AppSettings, ...], namespace: str) -> dict[str, str]:
+    """Full paths of the projects this stack creates, by the config key (with its path) that names them."""
     paths: dict[str, str] = {}
-    for which, project in (("app", gitlab.app_project), ("manifest", gitlab.manifest_project)):
-        if not project.adopted:
-            paths[PROJECT_KEYS[which][0]] = f"{namespace}/{project.path}"
+    for app in apps:
+        for which, project in (("app", app.app_project), ("manifest", app.manifest_project)):
+            if not project.adopted:
+                paths[app.key(PROJECT_KEYS[which][0])] = f"{namespace}/{project.path}"
+    return paths
+
+
+def adopted_paths(apps: tuple[AppSettings, ...]) -> dict[str, str]:
+    """Full paths of the projects this stack adopts, by the config key (with its path) that names them."""
+    paths: dict[str, str] = {}
+    for app in apps:
+        for which, project in (("app", app.app_project), ("manifest", app.manifest_project)):
+            if project.adopt is not None:
+                paths[app.key(PROJECT_KEYS[which][1])] = project.adopt
     return paths
 
 
@@ -143,7 +175,7 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
             )
         )
     for key, record in facts.archived_at_path.items():
-        adopt_key = next(adopt for path_key, adopt in PROJECT_KEYS.values() if path_key == key)
+        adopt_key = _sibling(key, next(adopt for path_key, adopt in PROJECT_KEYS.values() if _is_key(key, path_key)))
         path = record.path_with_namespace.rsplit("/", 1)[-1]
         problems.append(
             Problem(
@@ -152,8 +184,8 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
                 f" projectsOnDestroy=archive keeps the project and its path), so it cannot be created again."
                 f" Either {_unarchive(record)}, protect its default branch again (destroy removed the"
                 f" protection, and protected CI/CD variables reach only protected branches) and manage it as"
-                f" it is with `pulumi config set {adopt_key} {record.path_with_namespace}`, or create a new project with"
-                f" `pulumi config set {key} {path}-2`",
+                f" it is with `pulumi config set {_config_arg(adopt_key)} {record.path_with_namespace}`, or create a new"
+                f" project with `pulumi config set {_config_arg(key)} {path}-2`",
                 f"{path}-2",
             )
         )
@@ -177,53 +209,69 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
 PIPELINE_FILE = "gitops/app-pipeline.gitlab-ci.yml"
 
 
-def pipeline_branch(stack: str) -> str:
-    """The manifest project's branch holding the app pipeline; per stack, so stacks can share the project."""
-    return f"gitops-pipeline-{stack}"
+def pipeline_branch(stack: str, suffix: str = "") -> str:
+    """The manifest project's branch holding an app's pipeline; per stack and app, so both can share the project."""
+    return f"gitops-pipeline-{stack}{suffix}"
 
 
-def deploy_branch(stack: str) -> str:
-    """The manifest project's one rolling bot branch whose merge request proposes the newest build; per stack."""
-    return f"gitops-deploy-{stack}"
+def deploy_branch(stack: str, suffix: str = "") -> str:
+    """The manifest project's one rolling bot branch whose merge request proposes an app's newest build; per stack and app."""
+    return f"gitops-deploy-{stack}{suffix}"
 
 
-def ci_config_path(manifest_path_with_namespace: str, stack: str) -> str:
+def seed_branch(stack: str, suffix: str = "") -> str:
+    """Where an app's starter chart goes when its manifest project's default branch is locked already."""
+    return f"gitops-seed-{stack}{suffix}"
+
+
+def ci_config_path(manifest_path_with_namespace: str, stack: str, suffix: str = "") -> str:
     """The app project's `ci_config_path`: ``<file>@<project>:<ref>``, read from the manifest project."""
-    return f"{PIPELINE_FILE}@{manifest_path_with_namespace}:{pipeline_branch(stack)}"
+    return f"{PIPELINE_FILE}@{manifest_path_with_namespace}:{pipeline_branch(stack, suffix)}"
 
 
 def adoption_warnings(facts: HostFacts) -> list[str]:
     """Where an adopted project's own settings leave the deploy gate open (the program changes none of them)."""
     warnings: list[str] = []
-    manifest = facts.adopted.get(ADOPT_MANIFEST)
-    if manifest is not None:
-        name = manifest.path_with_namespace
-        if manifest.default_branch_push is None:
-            warnings.append(f"{name}: its default branch is not protected, so any developer can push a deploy")
-        else:
-            if set(manifest.default_branch_push) - {"no one"}:
-                pushers = ", ".join(sorted(manifest.default_branch_push))
-                warnings.append(f"{name}: {pushers} may push straight to its default branch, which Argo CD deploys")
-            if "developer" in (manifest.default_branch_merge or ()):
-                warnings.append(f"{name}: developers may merge into its default branch, so a deploy needs no maintainer")
-    app = facts.adopted.get(ADOPT_APP)
-    if app is not None:
-        name = app.path_with_namespace
-        if not app.ci_config_path:
-            warnings.append(
-                f"{name}: its pipeline is read from the project itself, so whoever can merge or push there can add a"
-                " job that declares the deploy environments and reads SSH_PRIVATE_KEY or GITLAB_PRIVATE_TOKEN;"
-                " set its CI/CD configuration file to one only maintainers can change"
-            )
-        if "developer" in (app.default_branch_push or ("developer",)):
-            warnings.append(
-                f"{name}: developers may push straight to its default branch, whose pipelines get the deploy credentials"
-            )
-        if app.ci_pipeline_variables_minimum_override_role in ("", "developer"):
-            warnings.append(
-                f"{name}: developers may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL) when running a"
-                " pipeline; set ci_pipeline_variables_minimum_override_role to no_one_allowed"
-            )
+    seen: set[str] = set()
+    for manifest in (True, False):
+        for key, record in facts.adopted.items():
+            if _is_key(key, ADOPT_MANIFEST) != manifest or record.path_with_namespace in seen:
+                continue
+            seen.add(record.path_with_namespace)
+            warnings += _manifest_warnings(record) if manifest else _app_warnings(record)
+    return warnings
+
+
+def _manifest_warnings(manifest: ProjectRecord) -> list[str]:
+    warnings: list[str] = []
+    name = manifest.path_with_namespace
+    if manifest.default_branch_push is None:
+        warnings.append(f"{name}: its default branch is not protected, so any developer can push a deploy")
+    else:
+        if set(manifest.default_branch_push) - {"no one"}:
+            pushers = ", ".join(sorted(manifest.default_branch_push))
+            warnings.append(f"{name}: {pushers} may push straight to its default branch, which Argo CD deploys")
+        if "developer" in (manifest.default_branch_merge or ()):
+            warnings.append(f"{name}: developers may merge into its default branch, so a deploy needs no maintainer")
+    return warnings
+
+
+def _app_warnings(app: ProjectRecord) -> list[str]:
+    warnings: list[str] = []
+    name = app.path_with_namespace
+    if not app.ci_config_path:
+        warnings.append(
+            f"{name}: its pipeline is read from the project itself, so whoever can merge or push there can add a"
+            " job that declares the deploy environments and reads SSH_PRIVATE_KEY or GITLAB_PRIVATE_TOKEN;"
+            " set its CI/CD configuration file to one only maintainers can change"
+        )
+    if "developer" in (app.default_branch_push or ("developer",)):
+        warnings.append(f"{name}: developers may push straight to its default branch, whose pipelines get the deploy credentials")
+    if app.ci_pipeline_variables_minimum_override_role in ("", "developer"):
+        warnings.append(
+            f"{name}: developers may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL) when running a"
+            " pipeline; set ci_pipeline_variables_minimum_override_role to no_one_allowed"
+        )
     return warnings
 
 

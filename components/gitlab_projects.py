@@ -1,4 +1,4 @@
-"""The two GitLab projects: created with safe destroy behaviour, or adopted as they are."""
+"""GitLab projects: created with safe destroy behaviour, or adopted as they are; and what GitLab knows before a plan."""
 
 from __future__ import annotations
 
@@ -10,17 +10,16 @@ import pulumi_gitlab as gitlab
 
 from components.gitlab_host import (
     ADOPT_APP,
-    ADOPT_MANIFEST,
-    PROJECT_KEYS,
     STARTER_TOPIC,
     HostFacts,
     ProjectRecord,
+    adopted_paths,
     ci_config_path,
     created_paths,
     parse_version,
     seed_starter_app,
 )
-from components.settings import GitLabSettings, ProjectSettings
+from components.settings import AppSettings, GitLabSettings, ProjectSettings
 
 
 def _record(found: Any, protected: Any = None) -> ProjectRecord:
@@ -47,43 +46,40 @@ def _adopted(path: str) -> ProjectRecord:
     return _record(found, protected)
 
 
-def read_host(args: GitLabSettings) -> HostFacts:
+def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
     """Ask GitLab, before anything is registered, for its edition and the projects this stack names.
 
     Plain invokes: they run in `pulumi preview` too, so a path blocked by an archived
-    project, or an archived adopted project, stops the plan with the steps to fix it.
+    project, or an archived adopted project, stops the plan with the steps to fix it. Each
+    project is asked about once, however many apps share it.
     """
     # `enterprise` decides BranchProtection's arguments (see gitlab_host.protection_args).
     metadata = gitlab.get_metadata()
     enterprise = bool(metadata.enterprise)
-    adopted = {
-        PROJECT_KEYS[which][1]: _adopted(project.adopt)
-        for which, project in (("app", args.app_project), ("manifest", args.manifest_project))
-        if project.adopt is not None
-    }
+    records: dict[str, ProjectRecord] = {}
+    adopted: dict[str, ProjectRecord] = {}
+    for key, path in adopted_paths(apps).items():
+        if path not in records:
+            records[path] = _adopted(path)
+        adopted[key] = records[path]
     namespace, namespace_id = "", None
-    archived, live = {}, {}
-    if not (args.app_project.adopted and args.manifest_project.adopted):
+    archived: dict[str, ProjectRecord] = {}
+    live: dict[str, tuple[str, ...]] = {}
+    if not all(app.app_project.adopted and app.manifest_project.adopted for app in apps):
         if args.group:
             group = gitlab.get_group(full_path=args.group)
             namespace, namespace_id = group.full_path, int(group.group_id)
         else:
             namespace = gitlab.get_current_user().username
-        for key, full_path in created_paths(args, namespace).items():
-            # An archived project at the path blocks the create; a live one is this stack's own
-            # from an earlier run (its topics say whether it got the starter app). Any other
-            # project at the path is reported by GitLab itself on create.
-            listed = gitlab.get_projects(
-                search=full_path.rsplit("/", 1)[-1],
-                **({"group_id": namespace_id, "include_subgroups": False} if namespace_id is not None else {"owned": True}),
-            ).projects
-            for found in listed:
-                if found.path_with_namespace.lower() != full_path.lower():
-                    continue
-                if found.archived:
-                    archived[key] = _record(found)
-                else:
-                    live[key] = tuple(found.topics or ())
+        found_at: dict[str, tuple[ProjectRecord | None, tuple[str, ...] | None]] = {}
+        for key, full_path in created_paths(apps, namespace).items():
+            if full_path not in found_at:
+                found_at[full_path] = _at_path(full_path, namespace_id)
+            record, topics = found_at[full_path]
+            if record is not None:
+                archived[key] = record
+            if topics is not None:
+                live[key] = topics
     return HostFacts(
         enterprise=enterprise,
         namespace_id=namespace_id,
@@ -92,6 +88,24 @@ def read_host(args: GitLabSettings) -> HostFacts:
         live_topics=live,
         version=parse_version(metadata.version or ""),
     )
+
+
+def _at_path(full_path: str, namespace_id: int | None) -> tuple[ProjectRecord | None, tuple[str, ...] | None]:
+    """The archived project at a path to create, or the live one's topics (this stack's own, from an earlier run).
+
+    Any other project at the path is reported by GitLab itself on create.
+    """
+    listed = gitlab.get_projects(
+        search=full_path.rsplit("/", 1)[-1],
+        **({"group_id": namespace_id, "include_subgroups": False} if namespace_id is not None else {"owned": True}),
+    ).projects
+    for found in listed:
+        if found.path_with_namespace.lower() != full_path.lower():
+            continue
+        if found.archived:
+            return _record(found), None
+        return None, tuple(found.topics or ())
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -109,103 +123,92 @@ class ProjectInfo:
     resource: gitlab.Project | None
 
 
-class GitLabProjects(pulumi.ComponentResource):
-    """The app project and the manifest (chart) project."""
-
-    app: ProjectInfo
-    manifest: ProjectInfo
-
-    def __init__(
-        self, name: str, args: GitLabSettings, host: HostFacts, stack: str, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        super().__init__("gitops:gitlab:Projects", name, None, opts)
-        self.manifest = self._project(
-            "manifest-project",
-            "Helm chart that Argo CD deploys; changed only through merge requests.",
-            args.manifest_project,
-            args,
-            host.adopted.get(ADOPT_MANIFEST),
-            host.namespace_id,
+def project(
+    name: str,
+    description: str,
+    project: ProjectSettings,
+    args: GitLabSettings,
+    adopted: ProjectRecord | None,
+    namespace_id: int | None,
+    opts: pulumi.ResourceOptions,
+    extra: dict[str, Any] | None = None,
+) -> ProjectInfo:
+    """A project created with safe destroy behaviour, or an adopted one as it is (never registered)."""
+    if adopted is not None:
+        # Looked up by read_host, never registered: destroy cannot touch a project it does not own.
+        return ProjectInfo(
+            id=pulumi.Output.from_input(adopted.id),
+            ssh_url=pulumi.Output.from_input(adopted.ssh_url),
+            web_url=pulumi.Output.from_input(adopted.web_url),
+            path_with_namespace=pulumi.Output.from_input(adopted.path_with_namespace),
+            default_branch=pulumi.Output.from_input(adopted.default_branch),
+            adopted=True,
+            resource=None,
         )
-        self.app = self._project(
-            "app-project",
-            "Application source; its pipeline builds the image.",
-            args.app_project,
-            args,
-            host.adopted.get(ADOPT_APP),
-            host.namespace_id,
-            {
-                # Marks a project that holds the starter app (gitlab_host.STARTER_TOPIC); set on create.
-                **({"topics": [STARTER_TOPIC]} if seed_starter_app(host, args) else {}),
-                # The pipeline is read from the manifest project, where only maintainers change it.
-                "ci_config_path": self.manifest.path_with_namespace.apply(lambda path: ci_config_path(path, stack)),
-                # Nobody may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL, …) when
-                # running a pipeline by hand (GitLab 17.1+).
-                "ci_pipeline_variables_minimum_override_role": "no_one_allowed",
-            },
-        )
-        self.register_outputs(
-            {
-                "appProjectId": self.app.id,
-                "appProjectWebUrl": self.app.web_url,
-                "manifestProjectId": self.manifest.id,
-                "manifestProjectWebUrl": self.manifest.web_url,
-            }
-        )
-
-    def _project(
-        self,
-        name: str,
-        description: str,
-        project: ProjectSettings,
-        args: GitLabSettings,
-        adopted: ProjectRecord | None,
-        namespace_id: int | None,
-        extra: dict[str, Any] | None = None,
-    ) -> ProjectInfo:
-        if adopted is not None:
-            # Looked up by read_host, never registered: destroy cannot touch a project it does not own.
-            return ProjectInfo(
-                id=pulumi.Output.from_input(adopted.id),
-                ssh_url=pulumi.Output.from_input(adopted.ssh_url),
-                web_url=pulumi.Output.from_input(adopted.web_url),
-                path_with_namespace=pulumi.Output.from_input(adopted.path_with_namespace),
-                default_branch=pulumi.Output.from_input(adopted.default_branch),
-                adopted=True,
-                resource=None,
-            )
-        created = gitlab.Project(
-            name,
-            name=project.path,
-            path=project.path,
-            description=description,
-            namespace_id=namespace_id,
-            visibility_level=args.visibility,
-            default_branch=args.default_branch,
-            # A first commit creates the default branch, so files and protection can follow.
-            initialize_with_readme=True,
-            remove_source_branch_after_merge=True,
-            # "archive" (the default) makes the provider archive instead of delete, so code
-            # survives `pulumi destroy`; "delete" is the explicit opt-in to real deletion.
-            archive_on_destroy=args.projects_on_destroy == "archive",
-            # "delete" means deleted: without this, GitLab only schedules the deletion and the
-            # path stays taken until it runs.
-            permanently_delete_on_destroy=args.projects_on_destroy == "delete",
-            **(extra or {}),
-            opts=pulumi.ResourceOptions(
-                parent=self,
+    created = gitlab.Project(
+        name,
+        name=project.path,
+        path=project.path,
+        description=description,
+        namespace_id=namespace_id,
+        visibility_level=args.visibility,
+        default_branch=args.default_branch,
+        # A first commit creates the default branch, so files and protection can follow.
+        initialize_with_readme=True,
+        remove_source_branch_after_merge=True,
+        # "archive" (the default) makes the provider archive instead of delete, so code
+        # survives `pulumi destroy`; "delete" is the explicit opt-in to real deletion.
+        archive_on_destroy=args.projects_on_destroy == "archive",
+        # "delete" means deleted: without this, GitLab only schedules the deletion and the
+        # path stays taken until it runs.
+        permanently_delete_on_destroy=args.projects_on_destroy == "delete",
+        **(extra or {}),
+        opts=opts.merge(
+            pulumi.ResourceOptions(
                 # "retain" drops the project from state on destroy and leaves it untouched.
                 retain_on_delete=args.projects_on_destroy == "retain",
                 # Topics belong to the team once the project exists; the starter marker is set on create.
                 ignore_changes=["topics"],
-            ),
-        )
-        return ProjectInfo(
-            id=created.id,
-            ssh_url=created.ssh_url_to_repo,
-            web_url=created.web_url,
-            path_with_namespace=created.path_with_namespace,
-            default_branch=pulumi.Output.from_input(args.default_branch),
-            adopted=False,
-            resource=created,
-        )
+            )
+        ),
+    )
+    return ProjectInfo(
+        id=created.id,
+        ssh_url=created.ssh_url_to_repo,
+        web_url=created.web_url,
+        path_with_namespace=created.path_with_namespace,
+        default_branch=pulumi.Output.from_input(args.default_branch),
+        adopted=False,
+        resource=created,
+    )
+
+
+def app_project(
+    name: str,
+    app: AppSettings,
+    args: GitLabSettings,
+    host: HostFacts,
+    stack: str,
+    manifest: ProjectInfo,
+    pipeline_suffix: str,
+    opts: pulumi.ResourceOptions,
+) -> ProjectInfo:
+    """An app's project: its pipeline is read from the manifest project, and nobody overrides its variables."""
+    return project(
+        name,
+        "Application source; its pipeline builds the image.",
+        app.app_project,
+        args,
+        host.adopted.get(app.key(ADOPT_APP)),
+        host.namespace_id,
+        opts,
+        {
+            # Marks a project that holds the starter app (gitlab_host.STARTER_TOPIC); set on create.
+            **({"topics": [STARTER_TOPIC]} if seed_starter_app(host, app) else {}),
+            # The pipeline is read from the manifest project, where only maintainers change it.
+            "ci_config_path": manifest.path_with_namespace.apply(lambda path: ci_config_path(path, stack, pipeline_suffix)),
+            # Nobody may override pipeline variables (CI_API_V4_URL, MANIFEST_SSH_URL, …) when
+            # running a pipeline by hand (GitLab 17.1+).
+            "ci_pipeline_variables_minimum_override_role": "no_one_allowed",
+        },
+    )

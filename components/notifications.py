@@ -103,15 +103,24 @@ class FeedbackSpec:
     gitlab_api_url: str | None
     slack: bool = False
     argocd_url: str | None = None
+    # One commit-status service per token: "" for the stack's one token (deployStatus=token, or a
+    # single-app stack's project token), a manifest repository's suffix for each project token.
+    status_suffixes: tuple[str, ...] = ("",)
 
     @property
     def enabled(self) -> bool:
         """Whether any notification is configured."""
         return self.gitlab_api_url is not None or self.slack
 
-    def services(self) -> tuple[str, ...]:
-        """The webhook services the Application subscribes to."""
-        return tuple(s for s, on in ((GITLAB_SERVICE, self.gitlab_api_url is not None), (SLACK_SERVICE, self.slack)) if on)
+    def services(self, status_suffix: str = "") -> tuple[str, ...]:
+        """The webhook services an Application whose manifest project has ``status_suffix`` subscribes to."""
+        return tuple(
+            s for s, on in ((GITLAB_SERVICE + status_suffix, self.gitlab_api_url is not None), (SLACK_SERVICE, self.slack)) if on
+        )
+
+    def status_suffix(self, repository_suffix: str) -> str:
+        """The commit-status service suffix for a manifest repository: its own where it has a token of its own."""
+        return repository_suffix if repository_suffix in self.status_suffixes else ""
 
 
 def gitlab_api_url(base_url: str | None) -> str:
@@ -174,15 +183,16 @@ def notifications_config(spec: FeedbackSpec) -> dict[str, str]:
     if spec.argocd_url:
         data["context"] = _dump({"argocdUrl": spec.argocd_url})
     if spec.gitlab_api_url is not None:
-        data[f"service.webhook.{GITLAB_SERVICE}"] = _dump(
-            {
-                "url": spec.gitlab_api_url,
-                "headers": [
-                    {"name": "PRIVATE-TOKEN", "value": f"${GITLAB_TOKEN_KEY}"},
-                    {"name": "Content-Type", "value": "application/json"},
-                ],
-            }
-        )
+        for suffix in spec.status_suffixes:
+            data[f"service.webhook.{GITLAB_SERVICE}{suffix}"] = _dump(
+                {
+                    "url": spec.gitlab_api_url,
+                    "headers": [
+                        {"name": "PRIVATE-TOKEN", "value": f"${GITLAB_TOKEN_KEY}{suffix}"},
+                        {"name": "Content-Type", "value": "application/json"},
+                    ],
+                }
+            )
     if spec.slack:
         data[f"service.webhook.{SLACK_SERVICE}"] = _dump(
             {"url": f"${SLACK_URL_KEY}", "headers": [{"name": "Content-Type", "value": "application/json"}]}
@@ -191,11 +201,12 @@ def notifications_config(spec: FeedbackSpec) -> dict[str, str]:
     for trigger in TRIGGERS:
         webhook: dict[str, Any] = {}
         if spec.gitlab_api_url is not None:
-            webhook[GITLAB_SERVICE] = {
-                "method": "POST",
-                "path": f"/projects/{project}/statuses/{{{{{trigger.revision}}}}}",
-                "body": _status_body(trigger, spec.argocd_url),
-            }
+            for suffix in spec.status_suffixes:
+                webhook[GITLAB_SERVICE + suffix] = {
+                    "method": "POST",
+                    "path": f"/projects/{project}/statuses/{{{{{trigger.revision}}}}}",
+                    "body": _status_body(trigger, spec.argocd_url),
+                }
         if spec.slack:
             webhook[SLACK_SERVICE] = {"method": "POST", "body": _slack_body(trigger, spec.argocd_url)}
         data[f"template.{template_name(trigger)}"] = _dump({"webhook": webhook})
@@ -208,14 +219,15 @@ def notifications_config(spec: FeedbackSpec) -> dict[str, str]:
 
 def secret_keys(spec: FeedbackSpec) -> tuple[str, ...]:
     """The keys this program writes into `argocd-notifications-secret`."""
-    return tuple(k for k, on in ((GITLAB_TOKEN_KEY, spec.gitlab_api_url is not None), (SLACK_URL_KEY, spec.slack)) if on)
+    status = tuple(GITLAB_TOKEN_KEY + suffix for suffix in spec.status_suffixes) if spec.gitlab_api_url is not None else ()
+    return (*status, *((SLACK_URL_KEY,) if spec.slack else ()))
 
 
-def subscription_annotations(spec: FeedbackSpec, project_id: str, status_ref: str) -> dict[str, str]:
+def subscription_annotations(spec: FeedbackSpec, project_id: str, status_ref: str, status_suffix: str = "") -> dict[str, str]:
     """The Application's annotations: its project id and status ref, and a subscription per trigger and service."""
     if not spec.enabled:
         return {}
-    annotations = {f"{SUBSCRIBE_PREFIX}.{t.name}.{service}": "" for t in TRIGGERS for service in spec.services()}
+    annotations = {f"{SUBSCRIBE_PREFIX}.{t.name}.{service}": "" for t in TRIGGERS for service in spec.services(status_suffix)}
     if spec.gitlab_api_url is not None:
         annotations[PROJECT_ANNOTATION] = project_id
         annotations[REF_ANNOTATION] = status_ref

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from urllib.parse import urlparse
 from components import manifest_source
 from components.notifications import DEPLOY_STATUS_MODES, DEPLOY_STATUS_TOKEN
 from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA
-from components.rollouts import DELIVERY_STRATEGIES, ROLLOUTS_URL, STRATEGY_ROLLING
+from components.rollouts import DELIVERY_STRATEGIES, ROLLOUTS_NAMESPACE, ROLLOUTS_URL, STRATEGY_ROLLING
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -47,6 +48,8 @@ VISIBILITY = ("private", "internal", "public")
 # Protected-branch access levels that may merge deploys: GitLab has no owners-only level
 # (0 no one, 30 developer, 40 maintainer, 60 admin: docs/api/protected_branches.md).
 MANIFEST_MERGE_ACCESS = ("maintainer", "admin")
+# Namespaces an app may not deploy into: the cluster's own, and Argo Rollouts'.
+RESERVED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "default", ROLLOUTS_NAMESPACE)
 
 
 class SecretStr:
@@ -305,6 +308,14 @@ KEYS: tuple[Key, ...] = (
         default=0,
     ),
     Key(
+        "apps",
+        "array",
+        "Apps this stack deploys, one object each (name, namespace, appProject, manifestProject, chartPath, …;"
+        " see the README's 'Onboarding another app'); empty: the single-app keys describe the stack's one app.",
+        '[{"name": "orders", "namespace": "orders", "manifestProject": "platform-charts", "chartPath": "orders"}]',
+        default=[],
+    ),
+    Key(
         "slackWebhookUrl",
         "string",
         "Optional secret: a Slack incoming-webhook URL; each deploy's start and outcome is posted there.",
@@ -350,27 +361,22 @@ class GitLabSettings:
     """The GitLab side: projects, branch, lifecycle and CI-variable policy."""
 
     group: str | None
-    app_project: ProjectSettings
-    manifest_project: ProjectSettings
     visibility: str
     default_branch: str
     projects_on_destroy: str
     ssh_known_hosts: tuple[str, ...]
     hide_ci_variables: bool
-    merge_request_via: str
     token_expiry_days: int
     token_rotate_before_days: int
     # Access level that may merge into the manifest project's default branch.
     manifest_merge_access: str = "maintainer"
-    # Runner tags of the image build job.
-    build_runner_tags: tuple[str, ...] = ()
     # A bot account's API token that registers the deploy keys; None: the provider's own token.
     deploy_key_owner_token: SecretStr | None = None
 
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The deployed application: names, namespace and image."""
+    """One deployed application: names, namespace, image, its two projects and how it is delivered."""
 
     name: str
     namespace: str
@@ -379,6 +385,23 @@ class AppSettings:
     port: int = 8080
     # The build's layer cache: "" for the app project's GitLab registry, "off" for none.
     cache_repository: str = ""
+    app_project: ProjectSettings = ProjectSettings("gitops-demo-app", None)
+    manifest_project: ProjectSettings = ProjectSettings("gitops-demo-chart", None)
+    strategy: str = STRATEGY_ROLLING
+    auto_promotion_seconds: int = 0
+    merge_request_via: str = "push-options"
+    build_runner_tags: tuple[str, ...] = ()
+    # True for the app of a single-app stack (and an `apps` entry that keeps those names): its
+    # resources, branches, titles and token names are the ones a single-app stack has always had.
+    single_app_names: bool = True
+    # Where its settings live in config: "" for the single-app keys, "apps[1]" for a list entry.
+    config_path: str = ""
+
+    def key(self, name: str) -> str:
+        """The config key (with its path in structured config) of one of this app's settings."""
+        if not self.config_path:
+            return name
+        return f"{self.config_path}.{APP_FIELDS_BY_KEY.get(name, name)}"
 
 
 @dataclass(frozen=True)
@@ -391,11 +414,9 @@ class RegistrySettings:
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    """How deploys replace the app, and where Argo Rollouts comes from when a strategy needs it."""
+    """Where Argo Rollouts comes from when an app's delivery strategy needs it (each app picks its own)."""
 
-    strategy: str = STRATEGY_ROLLING
     rollouts_manifest_source: str = ROLLOUTS_URL
-    auto_promotion_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -413,7 +434,7 @@ class Settings:
 
     stack: str
     argocd: ArgoCdSettings
-    app: AppSettings
+    apps: tuple[AppSettings, ...]
     gitlab: GitLabSettings
     registry: RegistrySettings
     credentials_epoch: int
@@ -463,13 +484,23 @@ class _Reader:
     value means unset for optional keys (default ``""``) and is refused for every other key.
     """
 
-    def __init__(self, raw: Mapping[str, str | None], secret_keys: Collection[str]) -> None:
+    def __init__(
+        self,
+        raw: Mapping[str, str | None],
+        secret_keys: Collection[str],
+        problems: list[Problem] | None = None,
+        rename: Callable[[str], str] = str,
+    ) -> None:
         self.raw = raw
         self.secret_keys = secret_keys
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = problems if problems is not None else []
+        # An `apps` entry's reader reports `apps[1].namespace` where the single-app key is appNamespace.
+        self.rename = rename
 
     def bad(self, key: str, rule: str, example: str | None = None) -> None:
-        self.problems.append(Problem(key, rule, example if example is not None else KEYS_BY_NAME[key].example))
+        spec = KEYS_BY_NAME.get(key)
+        fallback = spec.example if spec is not None else ""
+        self.problems.append(Problem(self.rename(key), rule, example if example is not None else fallback))
 
     def _text(self, key: str) -> str | None:
         """The stripped value; None where missing or, for an optional key, empty."""
@@ -551,6 +582,275 @@ def docker_auth(user: str, token: str) -> str:
     return base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
+# An `apps` entry's fields and the single-app key each one stands for.
+APP_FIELDS: dict[str, str] = {
+    "name": "appName",
+    "namespace": "appNamespace",
+    "port": "appPort",
+    "chartPath": "chartPath",
+    "appProject": "appProject",
+    "manifestProject": "manifestProject",
+    "adoptAppProject": "adoptAppProject",
+    "adoptManifestProject": "adoptManifestProject",
+    "imageRepository": "imageRepository",
+    "buildCacheRepository": "buildCacheRepository",
+    "deliveryStrategy": "deliveryStrategy",
+    "blueGreenAutoPromotionSeconds": "blueGreenAutoPromotionSeconds",
+    "mergeRequestVia": "mergeRequestVia",
+    "buildRunnerTags": "buildRunnerTags",
+}
+APP_FIELDS_BY_KEY: dict[str, str] = {key: field for field, key in APP_FIELDS.items()}
+# An `apps` entry that takes over a single-app stack's resources without renaming any of them.
+KEEP_NAMES_FIELD = "keepSingleAppNames"
+# Stack-wide keys an `apps` entry may override; the other fields replace single-app keys.
+APP_INHERITED_KEYS = ("mergeRequestVia", "buildRunnerTags")
+SINGLE_APP_KEYS = tuple(key for key in APP_FIELDS.values() if key not in APP_INHERITED_KEYS)
+APPS_EXAMPLE = '[{"name": "orders", "namespace": "orders"}]'
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Stack-wide values an app's settings are checked against."""
+
+    argocd_namespace: str
+    user: str | None
+    organization: str | None
+
+
+def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: str) -> AppSettings:
+    """One app's settings, read through ``r`` under the single-app key names."""
+    app_namespace = r.string("appNamespace") or ""
+    if not _DNS_LABEL.match(app_namespace) or len(app_namespace) > 63:
+        r.bad("appNamespace", "must be an RFC 1123 label: lowercase letters, digits and '-', at most 63 characters")
+    elif app_namespace == owner.argocd_namespace:
+        r.bad("appNamespace", f"must differ from argocdNamespace ({owner.argocd_namespace})", "gitops-demo")
+    elif app_namespace in RESERVED_NAMESPACES:
+        r.bad(
+            "appNamespace", f"must not be {app_namespace}: that namespace belongs to the cluster or Argo Rollouts", "gitops-demo"
+        )
+
+    app_name = r.string("appName") or ""
+    if not _DNS_1035.match(app_name) or len(app_name) > 53:
+        r.bad("appName", "must start with a letter and hold only lowercase letters, digits and '-', at most 53 characters")
+    elif app_name == "default":
+        r.bad(
+            "appName",
+            "must not be `default`: the app gets an AppProject of its own, and Argo CD's `default` project allows everything",
+        )
+    port = r.integer("appPort", 1)
+    if port > 65535:
+        r.bad("appPort", "must be a TCP port, 1 to 65535")
+    chart_path = posixpath.normpath(r.string("chartPath") or ".")
+    if chart_path.startswith("/") or ".." in chart_path.split("/"):
+        r.bad("chartPath", "must be a relative path inside the manifest project")
+
+    projects: dict[str, ProjectSettings] = {}
+    for which in ("app", "manifest"):
+        path_key, adopt_key = f"{which}Project", f"adopt{which.capitalize()}Project"
+        path = r.string(path_key) or ""
+        r.check(
+            path_key, path, lambda v: _PROJECT_PATH.match(v) is not None, "must be a project path: letters, digits, '_', '-', '.'"
+        )
+        adopt = r.string(adopt_key)
+        r.check(
+            adopt_key,
+            adopt,
+            lambda v: "/" in v and _FULL_PATH.match(v) is not None,
+            "must be a project's full path, namespace included",
+        )
+        projects[which] = ProjectSettings(path=path, adopt=adopt)
+    if projects["app"].adopt is not None and projects["app"].adopt == projects["manifest"].adopt:
+        r.bad("adoptManifestProject", "must differ from adoptAppProject: the chart needs a project of its own")
+    if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
+        r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
+
+    strategy = r.string("deliveryStrategy") or ""
+    r.check("deliveryStrategy", strategy, lambda v: v in DELIVERY_STRATEGIES, f"must be one of {', '.join(DELIVERY_STRATEGIES)}")
+    auto_promotion = r.integer("blueGreenAutoPromotionSeconds", 0)
+    via = r.string("mergeRequestVia") or ""
+    r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
+    runner_tags = r.lines("buildRunnerTags")
+    for tag in runner_tags:
+        if len(tag) > 255 or "," in tag:
+            r.bad("buildRunnerTags", f"has a tag GitLab cannot hold: {tag[:40]!r}")
+
+    user, organization = owner.user, owner.organization
+    image = r.string("imageRepository") or f"docker.io/{organization or user or 'user'}/{app_name}"
+    r.check("imageRepository", image, lambda v: _IMAGE_REPO.match(v) is not None, "must be an image repository without a tag")
+    r.check(
+        "imageRepository",
+        image,
+        lambda v: v.split("/", 1)[0] in DOCKER_HUB_HOSTS,
+        "must be on Docker Hub (docker.io/<user>/<name>): the pipeline logs in to Docker Hub only",
+    )
+    parts = image.split("/")
+    if parts[0] in DOCKER_HUB_HOSTS and len(parts) != 3:
+        # docker.io/<name> means docker.io/library/<name>, the official images nobody here can push to.
+        r.bad("imageRepository", "must be docker.io/<namespace>/<name> on Docker Hub")
+    image_namespace = parts[1] if len(parts) == 3 else ""
+    if user and image_namespace and image_namespace not in {user, organization}:
+        r.bad(
+            "imageRepository",
+            f"must be in dockerhubUser's namespace ({user}) or in dockerhubOrganization's; {image_namespace!r} is"
+            " neither, so the pipeline would push as you into someone else's repository",
+            f"docker.io/{user}/{app_name}",
+        )
+    cache = r.string("buildCacheRepository") or ""
+    if cache not in ("", CACHE_OFF):
+        r.check(
+            "buildCacheRepository",
+            cache,
+            lambda v: _IMAGE_REPO.match(v) is not None and v != image,
+            f"must be an image repository without a tag, other than imageRepository (the cache would be published"
+            f" with the image), or {CACHE_OFF}",
+        )
+    return AppSettings(
+        name=app_name,
+        namespace=app_namespace,
+        chart_path=chart_path,
+        image_repository=image,
+        port=port,
+        cache_repository=cache,
+        app_project=projects["app"],
+        manifest_project=projects["manifest"],
+        strategy=strategy,
+        auto_promotion_seconds=auto_promotion,
+        merge_request_via=via,
+        build_runner_tags=runner_tags,
+        single_app_names=single_app_names,
+        config_path=config_path,
+    )
+
+
+def _scalar(value: Any) -> str:
+    """An `apps` entry's value as the CLI would hand the same single-app key over: a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _app_key_renamer(path: str) -> Callable[[str], str]:
+    """How an `apps` entry's reader names a single-app key: by the entry's path and field."""
+
+    def rename(key: str) -> str:
+        return f"{path}.{APP_FIELDS_BY_KEY.get(key, key)}"
+
+    return rename
+
+
+def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppSettings] | None:
+    """The `apps` list; None when it is unset (the single-app keys describe the one app)."""
+    if secret:
+        r.bad(
+            "apps",
+            "holds no secrets: structured config hands encrypted entries over as plain values; set it without --secret",
+            APPS_EXAMPLE,
+        )
+        return []
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        entries = None
+    if not isinstance(entries, list):
+        r.bad("apps", "must be a list of objects, one per app", APPS_EXAMPLE)
+        return []
+    if not entries:
+        return None
+    # Defaults that are the stack's own: the stack-wide merge-request and runner settings.
+    inherited = {key: r.raw.get(key) for key in APP_INHERITED_KEYS}
+    apps: list[AppSettings] = []
+    for index, entry in enumerate(entries):
+        path = f"apps[{index}]"
+        if not isinstance(entry, dict):
+            r.bad(path, "must be an object with at least a name", '{"name": "orders"}')
+            continue
+        for field in sorted(set(entry) - set(APP_FIELDS) - {KEEP_NAMES_FIELD}):
+            r.bad(f"{path}.{field}", f"is not an app setting; an app takes {', '.join([*APP_FIELDS, KEEP_NAMES_FIELD])}", "name")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            r.bad(f"{path}.name", "is required: it names the app's Application, AppProject and chart", "orders")
+            continue
+        name = name.strip()
+        keep = entry.get(KEEP_NAMES_FIELD, False)
+        # `pulumi config set --path` may store the flag as the string "true".
+        if isinstance(keep, str) and keep.strip().lower() in ("true", "false"):
+            keep = keep.strip().lower() == "true"
+        if not isinstance(keep, bool):
+            r.bad(f"{path}.{KEEP_NAMES_FIELD}", "must be true or false", "true")
+            keep = False
+        raw: dict[str, str | None] = {
+            **inherited,
+            "appNamespace": name,
+            "appProject": f"{name}-app",
+            "manifestProject": f"{name}-chart",
+        }
+        raw.update({APP_FIELDS[field]: _scalar(value) for field, value in entry.items() if field in APP_FIELDS})
+        reader = _Reader(raw, (), r.problems, rename=_app_key_renamer(path))
+        apps.append(_parse_app(reader, owner, keep, path))
+    return apps
+
+
+def _shared_project_problems(apps: list[AppSettings]) -> list[Problem]:
+    """Two apps that would collide: the same name, namespace or app project, or charts that overlap in one manifest project."""
+    problems: list[Problem] = []
+    seen: dict[tuple[str, str], AppSettings] = {}
+    for app in apps:
+        claims = [
+            ("appName", app.name, "Application, AppProject and chart name"),
+            ("appNamespace", app.namespace, "namespace"),
+            (
+                "adoptAppProject" if app.app_project.adopted else "appProject",
+                app.app_project.adopt or app.app_project.path,
+                "app project",
+            ),
+        ]
+        for key, value, what in claims:
+            other = seen.get((what, value))
+            if other is not None:
+                problems.append(
+                    Problem(app.key(key), f"{value!r} is already {other.name}'s {what}: every app needs its own", f"{app.name}-2")
+                )
+            else:
+                seen[(what, value)] = app
+    for app in apps:
+        own = app.app_project.adopt or app.app_project.path
+        for other in apps:
+            if other is not app and own == (other.manifest_project.adopt or other.manifest_project.path):
+                problems.append(
+                    Problem(
+                        app.key("adoptAppProject" if app.app_project.adopted else "appProject"),
+                        f"is {other.name}'s manifest project: an app's source and the charts need projects of their own",
+                        f"{app.name}-app",
+                    )
+                )
+    charts: dict[str, list[AppSettings]] = {}
+    for app in apps:
+        charts.setdefault(app.manifest_project.adopt or app.manifest_project.path, []).append(app)
+    for sharing in charts.values():
+        for i, app in enumerate(sharing):
+            for other in sharing[:i]:
+                a, b = app.chart_path, other.chart_path
+                if a == b or a == "." or b == "." or a.startswith(b + "/") or b.startswith(a + "/"):
+                    problems.append(
+                        Problem(
+                            app.key("chartPath"),
+                            f"overlaps {other.name}'s chart ({b}) in the same manifest project: each app's chart needs a"
+                            " directory of its own, neither inside the other",
+                            app.name,
+                        )
+                    )
+    if sum(a.single_app_names for a in apps) > 1:
+        for app in [a for a in apps if a.single_app_names][1:]:
+            problems.append(
+                Problem(
+                    f"{app.config_path}.{KEEP_NAMES_FIELD}", "may be true for one app only: the stack had one single app", "false"
+                )
+            )
+    return problems
+
+
 def parse_settings(
     raw: Mapping[str, str | None],
     stack: str,
@@ -562,7 +862,7 @@ def parse_settings(
 
     ``secret_keys`` names the keys whose values were set as secrets; ``kube_contexts`` is
     what the kubeconfig holds (None: not checked). Raises :class:`SettingsError` naming every
-    bad key, the rule it breaks and an example.
+    bad key (with its path in `apps`), the rule it breaks and an example.
     """
     r = _Reader(raw, secret_keys)
 
@@ -571,12 +871,8 @@ def parse_settings(
         r.bad("argocdVersion", "must be a release tag of the form vX.Y.Z")
     ha = r.boolean("argocdHa")
     namespace = r.string("argocdNamespace") or ""
-    app_namespace = r.string("appNamespace") or ""
-    for key, value in (("argocdNamespace", namespace), ("appNamespace", app_namespace)):
-        if not _DNS_LABEL.match(value) or len(value) > 63:
-            r.bad(key, "must be an RFC 1123 label: lowercase letters, digits and '-', at most 63 characters")
-    if namespace == app_namespace and _DNS_LABEL.match(namespace):
-        r.bad("appNamespace", f"must differ from argocdNamespace ({namespace})", "gitops-demo")
+    if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
+        r.bad("argocdNamespace", "must be an RFC 1123 label: lowercase letters, digits and '-', at most 63 characters")
 
     mirror = r.string("argocdManifest")
     if mirror is not None and "://" in mirror and not _https_url(mirror):
@@ -602,42 +898,8 @@ def parse_settings(
     for key, value in (("argocdReconciliationTimeout", timeout), ("argocdReconciliationJitter", jitter)):
         r.check(key, value, lambda v: _DURATION.match(v) is not None, "must be a duration such as 120s, 5m or 1h")
 
-    app_name = r.string("appName") or ""
-    if not _DNS_1035.match(app_name) or len(app_name) > 53:
-        r.bad("appName", "must start with a letter and hold only lowercase letters, digits and '-', at most 53 characters")
-    elif app_name == "default":
-        r.bad(
-            "appName",
-            "must not be `default`: the app gets an AppProject of its own, and Argo CD's `default` project allows everything",
-        )
-    port = r.integer("appPort", 1)
-    if port > 65535:
-        r.bad("appPort", "must be a TCP port, 1 to 65535")
-    chart_path = r.string("chartPath") or "."
-    if chart_path.startswith("/") or ".." in chart_path.split("/"):
-        r.bad("chartPath", "must be a relative path inside the manifest project")
-
     group = r.string("gitlabGroup")
     r.check("gitlabGroup", group, lambda v: _FULL_PATH.match(v) is not None, "must be a group's full path such as acme/platform")
-    projects: dict[str, ProjectSettings] = {}
-    for which in ("app", "manifest"):
-        path_key, adopt_key = f"{which}Project", f"adopt{which.capitalize()}Project"
-        path = r.string(path_key) or ""
-        r.check(
-            path_key, path, lambda v: _PROJECT_PATH.match(v) is not None, "must be a project path: letters, digits, '_', '-', '.'"
-        )
-        adopt = r.string(adopt_key)
-        r.check(
-            adopt_key,
-            adopt,
-            lambda v: "/" in v and _FULL_PATH.match(v) is not None,
-            "must be a project's full path, namespace included",
-        )
-        projects[which] = ProjectSettings(path=path, adopt=adopt)
-    if projects["app"].adopt is not None and projects["app"].adopt == projects["manifest"].adopt:
-        r.bad("adoptManifestProject", "must differ from adoptAppProject: the chart needs a project of its own")
-    if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
-        r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
     visibility = r.string("projectVisibility") or ""
     r.check("projectVisibility", visibility, lambda v: v in VISIBILITY, f"must be one of {', '.join(VISIBILITY)}")
     default_branch = r.string("defaultBranch") or ""
@@ -658,12 +920,6 @@ def parse_settings(
         if not _KNOWN_HOSTS_LINE.match(line):
             r.bad("gitlabSshKnownHosts", f"has a line that is not a known_hosts entry: {line[:40]!r}")
     hide = r.boolean("hideCiVariables")
-    runner_tags = r.lines("buildRunnerTags")
-    for tag in runner_tags:
-        if len(tag) > 255 or "," in tag:
-            r.bad("buildRunnerTags", f"has a tag GitLab cannot hold: {tag[:40]!r}")
-    via = r.string("mergeRequestVia") or ""
-    r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
     expiry = r.integer("accessTokenExpiryDays", 2)
     rotate_before = r.integer("accessTokenRotateBeforeDays", 1)
     if rotate_before >= expiry:
@@ -679,12 +935,9 @@ def parse_settings(
         f"must be one of {', '.join(MANIFEST_MERGE_ACCESS)}: a deploy needs a maintainer's approval, never less",
     )
     key_owner_token = r.string("deployKeyOwnerToken")
-    strategy = r.string("deliveryStrategy") or ""
-    r.check("deliveryStrategy", strategy, lambda v: v in DELIVERY_STRATEGIES, f"must be one of {', '.join(DELIVERY_STRATEGIES)}")
     rollouts_mirror = r.string("argoRolloutsManifest")
     if rollouts_mirror is not None and "://" in rollouts_mirror and not _https_url(rollouts_mirror):
         r.bad("argoRolloutsManifest", "must be a local file path or an https:// URL")
-    auto_promotion = r.integer("blueGreenAutoPromotionSeconds", 0)
     deploy_status = r.string("deployStatus") or ""
     r.check(
         "deployStatus",
@@ -722,37 +975,26 @@ def parse_settings(
         r.bad("dockerhubToken", "must be one line without spaces or ':' (a Docker Hub access token)")
     elif user and not is_maskable(docker_auth(user, token)):
         r.bad("dockerhubToken", "gives a DOCKERHUB_TOKEN that GitLab cannot mask (at least 8 characters of a-zA-Z0-9_+=/@:.~-)")
-    owner = organization or user or "user"
-    image = r.string("imageRepository") or f"docker.io/{owner}/{app_name}"
-    r.check("imageRepository", image, lambda v: _IMAGE_REPO.match(v) is not None, "must be an image repository without a tag")
-    r.check(
-        "imageRepository",
-        image,
-        lambda v: v.split("/", 1)[0] in DOCKER_HUB_HOSTS,
-        "must be on Docker Hub (docker.io/<user>/<name>): the pipeline logs in to Docker Hub only",
-    )
-    parts = image.split("/")
-    if parts[0] in DOCKER_HUB_HOSTS and len(parts) != 3:
-        # docker.io/<name> means docker.io/library/<name>, the official images nobody here can push to.
-        r.bad("imageRepository", "must be docker.io/<namespace>/<name> on Docker Hub")
-    image_namespace = parts[1] if len(parts) == 3 else ""
-    if user and image_namespace and image_namespace not in {user, organization}:
-        r.bad(
-            "imageRepository",
-            f"must be in dockerhubUser's namespace ({user}) or in dockerhubOrganization's; {image_namespace!r} is"
-            " neither, so the pipeline would push as you into someone else's repository",
-            f"docker.io/{user}/{app_name}",
-        )
 
-    cache = r.string("buildCacheRepository") or ""
-    if cache not in ("", CACHE_OFF):
-        r.check(
-            "buildCacheRepository",
-            cache,
-            lambda v: _IMAGE_REPO.match(v) is not None and v != image,
-            f"must be an image repository without a tag, other than imageRepository (the cache would be published"
-            f" with the image), or {CACHE_OFF}",
-        )
+    owner = _Owner(argocd_namespace=namespace, user=user, organization=organization)
+    apps_text = r.raw.get("apps")
+    listed = _parse_apps(r, owner, apps_text, "apps" in secret_keys) if apps_text is not None and apps_text.strip() else None
+    if listed is None:
+        apps = [_parse_app(r, owner, True, "")]
+    else:
+        apps = listed
+        # The CLI merges Pulumi.yaml's defaults in, so only a value other than the default shows
+        # that a single-app key was set beside `apps`, where it would be silently ignored.
+        for key in SINGLE_APP_KEYS:
+            set_value = raw.get(key)
+            default = KEYS_BY_NAME[key].default
+            if set_value is not None and set_value.strip() and set_value.strip() != _scalar(default):
+                r.bad(
+                    key,
+                    f"is a single-app key and apps is set: move it into each app as apps[i].{APP_FIELDS_BY_KEY[key]}",
+                    "(unset)",
+                )
+    r.problems.extend(_shared_project_problems(apps))
 
     kube_context = r.string("kubeContext")
     if kube_context is not None and kube_contexts is not None and kube_context not in kube_contexts.names:
@@ -769,11 +1011,7 @@ def parse_settings(
 
     return Settings(
         stack=stack,
-        delivery=DeliverySettings(
-            strategy=strategy,
-            rollouts_manifest_source=rollouts_mirror or ROLLOUTS_URL,
-            auto_promotion_seconds=auto_promotion,
-        ),
+        delivery=DeliverySettings(rollouts_manifest_source=rollouts_mirror or ROLLOUTS_URL),
         feedback=FeedbackSettings(
             deploy_status=deploy_status,
             deploy_status_token=SecretStr(status_token) if status_token else None,
@@ -790,28 +1028,17 @@ def parse_settings(
             reconciliation_jitter=jitter,
             read_admin_password=read_password,
         ),
-        app=AppSettings(
-            name=app_name,
-            namespace=app_namespace,
-            chart_path=chart_path,
-            image_repository=image,
-            port=port,
-            cache_repository=cache,
-        ),
+        apps=tuple(apps),
         gitlab=GitLabSettings(
             group=group,
-            app_project=projects["app"],
-            manifest_project=projects["manifest"],
             visibility=visibility,
             default_branch=default_branch,
             projects_on_destroy=on_destroy,
             ssh_known_hosts=known_hosts,
             hide_ci_variables=hide,
-            merge_request_via=via,
             token_expiry_days=expiry,
             token_rotate_before_days=rotate_before,
             manifest_merge_access=merge_access,
-            build_runner_tags=runner_tags,
             deploy_key_owner_token=SecretStr(key_owner_token) if key_owner_token else None,
         ),
         registry=RegistrySettings(user=user or "", token=SecretStr(token or "")),

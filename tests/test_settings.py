@@ -34,8 +34,8 @@ def test_demo_stack_is_valid() -> None:
     assert settings.argocd.version == "v3.5.1" and settings.argocd.namespace == "argocd"
     assert settings.argocd.manifest_sha256 == manifest_source.KNOWN_SHA256[("v3.5.1", False)]
     # Derived from the user the README's set-up names, never pinned to someone else's.
-    assert settings.app.image_repository == "docker.io/gitopsdemo/webapp"
-    assert settings.gitlab.merge_request_via == "push-options"
+    assert settings.apps[0].image_repository == "docker.io/gitopsdemo/webapp"
+    assert settings.apps[0].merge_request_via == "push-options"
     assert settings.registry.token.reveal() == TEST_DOCKERHUB_TOKEN
 
 
@@ -193,7 +193,7 @@ def test_empty_means_unset_for_optional_keys_only() -> None:
     raw.update({name: "" for name in optional if name not in ("dockerhubUser", "gitlabSshKnownHosts")})
     settings = parse_settings(raw, "dev", secret_keys=SECRET)
     assert settings.argocd.external_url is None and settings.kube_context is None and settings.gitlab.group is None
-    assert not settings.gitlab.app_project.adopted
+    assert not settings.apps[0].app_project.adopted
     # Keys whose meaning needs a value: every one refuses "" and names itself.
     for key in KEYS:
         if key.optional or key.default is None:
@@ -222,9 +222,9 @@ def test_an_organisation_owns_the_image_only_when_named() -> None:
     raw.update(imageRepository="docker.io/acmecorp/webapp")
     assert problems(raw).keys == ["imageRepository"]
     raw.update(dockerhubOrganization="acmecorp")
-    assert parse_settings(raw, "dev", secret_keys=SECRET).app.image_repository == "docker.io/acmecorp/webapp"
+    assert parse_settings(raw, "dev", secret_keys=SECRET).apps[0].image_repository == "docker.io/acmecorp/webapp"
     raw.update(imageRepository="")
-    assert parse_settings(raw, "dev", secret_keys=SECRET).app.image_repository == "docker.io/acmecorp/webapp"
+    assert parse_settings(raw, "dev", secret_keys=SECRET).apps[0].image_repository == "docker.io/acmecorp/webapp"
 
 
 def test_kube_context_must_exist_in_the_kubeconfig(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_bad_kube_context_registers_nothing(program: Callable[..., Run]) -> None
 
 
 def test_build_cache_repository_defaults_to_the_project_registry() -> None:
-    assert parse_settings(valid(), "dev", secret_keys=SECRET).app.cache_repository == ""
+    assert parse_settings(valid(), "dev", secret_keys=SECRET).apps[0].cache_repository == ""
     for value in ("off", "registry.gitlab.com/acme/gitops-demo-app/buildcache"):
         settings = parse_settings({**valid(), "buildCacheRepository": value}, "dev", secret_keys=SECRET)
-        assert settings.app.cache_repository == value
+        assert settings.apps[0].cache_repository == value

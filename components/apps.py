@@ -1,0 +1,114 @@
+"""How the apps of one stack are named and which manifest projects they share.
+
+Pure code: no Pulumi imports. Every logical name, branch, key title and token name an app
+gets comes from here, so that two apps (or two stacks sharing a project) never collide and a
+name, once used, never moves. The app of a single-app stack keeps the names it has always had.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from components.settings import AppSettings, ProjectSettings
+
+# The resource types, as the engine qualifies them, that held a single-app stack's resources
+# before each app had a component of its own (see `legacy_urn`).
+LEGACY_TYPES = {
+    "projects": "gitops:gitlab:Projects",
+    "protections": "gitops:gitlab:BranchProtections",
+    "access": "gitops:gitlab:Access",
+    "credentials": "gitops:credentials:Credentials",
+}
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slug(text: str) -> str:
+    """``text`` as a lowercase name of letters, digits and single dashes."""
+    return _SLUG.sub("-", text.lower()).strip("-")
+
+
+def project_key(project: ProjectSettings) -> str:
+    """What identifies a project among the stack's settings: the adopted full path, or the path to create."""
+    return project.adopt or project.path
+
+
+@dataclass(frozen=True)
+class AppNames:
+    """Everything one app is called: logical-name prefix, branches, key titles and token names."""
+
+    # Prefix of every logical name under the app's component; "" for a single-app stack's app.
+    prefix: str
+    # Appended to branch names, key titles and token names; "" for a single-app stack's app.
+    suffix: str
+
+    def logical(self, name: str) -> str:
+        """A logical resource name of this app."""
+        return f"{self.prefix}{name}"
+
+
+def app_names(app: AppSettings) -> AppNames:
+    """An app's names: unchanged for a single-app stack's app, prefixed with the app's name otherwise."""
+    if app.single_app_names:
+        return AppNames(prefix="", suffix="")
+    return AppNames(prefix=f"{app.name}-", suffix=f"-{app.name}")
+
+
+@dataclass(frozen=True)
+class ManifestRepositorySpec:
+    """One manifest project and the apps whose charts live in it; owned once per stack."""
+
+    key: str
+    project: ProjectSettings
+    # Names of the apps sharing it, in the order of the settings.
+    apps: tuple[str, ...]
+    # Config key (with path) that names the project, for messages: the first app's.
+    config_key: str
+    # True when a single-app stack's app uses it: its resources keep their names.
+    single_app_names: bool
+
+    @property
+    def component_name(self) -> str:
+        """The logical name of the repository's component."""
+        return "manifest" if self.single_app_names else f"manifest-{slug(self.key)}"
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of its children's logical names."""
+        return "" if self.single_app_names else f"{slug(self.key)}-"
+
+    @property
+    def suffix(self) -> str:
+        """Appended to its token name and notification service; "" for a single-app stack's repository."""
+        return "" if self.single_app_names else f"-{slug(self.key)}"
+
+
+def manifest_repositories(apps: Iterable[AppSettings]) -> list[ManifestRepositorySpec]:
+    """The distinct manifest projects the apps name, each once, keyed by the project's path."""
+    found: dict[str, ManifestRepositorySpec] = {}
+    for app in apps:
+        key = project_key(app.manifest_project)
+        spec = found.get(key)
+        if spec is None:
+            found[key] = ManifestRepositorySpec(
+                key=key,
+                project=app.manifest_project,
+                apps=(app.name,),
+                config_key=app.key("adoptManifestProject" if app.manifest_project.adopted else "manifestProject"),
+                single_app_names=app.single_app_names,
+            )
+        else:
+            found[key] = ManifestRepositorySpec(
+                key=key,
+                project=spec.project,
+                apps=(*spec.apps, app.name),
+                config_key=spec.config_key,
+                single_app_names=spec.single_app_names or app.single_app_names,
+            )
+    return list(found.values())
+
+
+def legacy_urn(stack: str, project: str, type_chain: str, name: str) -> str:
+    """The URN a resource had in a single-app stack, for an alias (``type_chain``: parent types and its own, ``$``-joined)."""
+    return f"urn:pulumi:{stack}::{project}::{type_chain}::{name}"
