@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +24,7 @@ TEST_DOCKERHUB_TOKEN = "dckr_pat_Zq3xT9vLmN2pR8sKw4YbJ7hGfD1"
 # What the README's set-up commands add to a stack: the user's Docker Hub name and token.
 TEST_DOCKERHUB_USER = "gitopsdemo"
 # The contexts in the kubeconfig the test runs see: the ones the committed stacks pin.
-TEST_KUBE_CONTEXTS = ("kind-gitops", "prod-cluster")
+TEST_KUBE_CONTEXTS = ("kind-gitops", "prod-cluster", "kind-platform")
 ARGO_CD = SHARED / "upstream" / "argo-cd"
 # The team's mirror of the pinned Argo Rollouts manifest; without it the program downloads the
 # pinned URL and checks the same sha256.
@@ -121,11 +121,12 @@ TEST_KUBECONFIG = write_kubeconfig(Path(tempfile.gettempdir()) / "gitops-bootstr
 
 
 def run_program(
-    overrides: dict[str, str | None] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
     stack: str = "dev",
     preview: bool = False,
     gitlab: dict[str, Any] | None = None,
     secret_keys: tuple[str, ...] = ("dockerhubToken",),
+    root: str | None = None,
 ) -> Run:
     """Run ``__main__.py`` under mocks in a fresh process with the stack's config and overrides.
 
@@ -156,7 +157,7 @@ def run_program(
             input=json.dumps(job),
             text=True,
             capture_output=True,
-            cwd=REPO_ROOT,
+            cwd=root or REPO_ROOT,
             env=env,
             timeout=300,
         )

@@ -243,12 +243,135 @@ def classify(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, provi
     return Change(**base, action=REPLACED, paths=tuple(paths), delete_first=delete_first)
 
 
+# --- Aliases --------------------------------------------------------------------------------
+# pulumi/pulumi pkg/resource/deploy/step_generator.go: `collapseAliasToUrn` turns an alias spec
+# into a URN, filling name, type and parent from the resource itself (a parent that was found
+# through its own alias stands for its old URN; the root stack means no parent);
+# `generateAliases` adds the aliases a child inherits when its parent matched an old resource
+# through an alias (`inheritedChildAlias`: the parent's old type chain, and the child's name
+# with the parent's name prefix swapped for the old parent's name); `getOldResource` tries the
+# resource's own URN first, then each alias in order, and refuses an old resource claimed twice.
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+class AliasError(ValueError):
+    """Two resources claim the same old resource, as the engine refuses (GetDuplicateResourceAliasError)."""
+
+
+def _urn_parts(urn: str) -> tuple[str, str, str, str]:
+    # urn:pulumi:<stack>::<project>::<qualified type>::<name>; a name may hold "::".
+    head, project, qualified, name = urn.split("::", 3)
+    return head.removeprefix("urn:pulumi:"), project, qualified, name
+
+
+def _new_urn(stack: str, project: str, parent_type: str, typ: str, name: str) -> str:
+    chain = f"{parent_type}${typ}" if parent_type and parent_type != ROOT_STACK_TYPE else typ
+    return f"urn:pulumi:{stack}::{project}::{chain}::{name}"
+
+
+def _inherited(stack: str, project: str, typ: str, name: str, parent_name: str, parent_alias: str) -> str:
+    _, _, alias_type, alias_name = _urn_parts(parent_alias)
+    child = alias_name + name[len(parent_name) :] if name.startswith(parent_name) else name
+    return _new_urn(stack, project, alias_type, typ, child)
+
+
+def engine_urns(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each record's URN as the engine forms it, by the URN the mock monitor gave it.
+
+    The engine qualifies a child's type with its parent's whole type chain
+    (`resource.CreateURN`: the parent URN's `QualifiedType()`), and a child of the root stack
+    with none; the SDK's mock monitor (pulumi/runtime/mocks.py `make_urn`) keeps only the
+    parent's own type, so under mocks a resource keeps its URN when its grandparent changes.
+    """
+    found: dict[str, str] = {}
+    for record in records:
+        stack, project, _, _ = _urn_parts(record["urn"])
+        parent = found.get(record.get("parent") or "", "")
+        parent_type = _urn_parts(parent)[2] if parent else ""
+        found[record["urn"]] = _new_urn(stack, project, parent_type, record["type"], record["name"])
+    return found
+
+
+def _as_engine(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    urns = engine_urns(records)
+    return [{**r, "urn": urns[r["urn"]], "parent": urns.get(r.get("parent") or "", "")} for r in records]
+
+
+def resolve_aliases(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """New URN → the old URN it takes over through an alias, for each resource found that way (engine URNs)."""
+    new = list(new)
+    mock_to_engine = engine_urns(new)
+    olds = {r["urn"] for r in _as_engine(list(old))}
+    records = _as_engine(new)
+    registered = {r["urn"] for r in records}
+    found: dict[str, str] = {}
+    claimed: dict[str, str] = {}
+    for record in records:
+        urn, parent = record["urn"], record.get("parent") or ""
+        if urn in olds:
+            continue
+        stack, project, _, _ = _urn_parts(urn)
+        own: list[str] = [*record.get("alias_urns", [])]
+        for alias in record.get("aliases", []):
+            if "urn" in alias:
+                own.append(alias["urn"])
+                continue
+            spec = alias.get("spec", {})
+            if spec.get("noParent"):
+                alias_parent = ""
+            elif spec.get("parentUrn"):
+                given = mock_to_engine.get(spec["parentUrn"], spec["parentUrn"])
+                alias_parent = found.get(given, given)
+            else:
+                alias_parent = parent
+            parent_type = _urn_parts(alias_parent)[2] if alias_parent else ""
+            own.append(
+                _new_urn(
+                    spec.get("stack") or stack,
+                    spec.get("project") or project,
+                    parent_type,
+                    spec.get("type") or record["type"],
+                    spec.get("name") or record["name"],
+                )
+            )
+        candidates = list(own)
+        if parent in found:
+            parent_name = _urn_parts(parent)[3]
+            candidates.append(_inherited(stack, project, record["type"], record["name"], parent_name, found[parent]))
+            for alias in own:
+                _, _, qualified, name = _urn_parts(alias)
+                candidates.append(_inherited(stack, project, qualified.split("$")[-1], name, parent_name, found[parent]))
+        for candidate in candidates:
+            if candidate not in olds:
+                continue
+            if candidate in registered or candidate in claimed:
+                raise AliasError(f"{urn} and {claimed.get(candidate, candidate)} both claim {candidate}")
+            claimed[candidate] = urn
+            found[urn] = candidate
+            break
+    return found
+
+
 def diff_runs(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> dict[str, Change]:
-    """Every custom resource's change between two runs' records, by URN."""
-    before = {r["urn"]: r for r in old if r["custom"]}
-    after = {r["urn"]: r for r in new if r["custom"]}
+    """Every custom resource's change between two runs' records, by URN, with aliases resolved as the engine does.
+
+    A resource found through an alias is diffed against the old resource it takes over, and
+    that old resource is not deleted.
+    """
+    old, new = list(old), list(new)
+    moved = resolve_aliases(old, new)
+    old_urns, new_urns = engine_urns(old), engine_urns(new)
+    # Matched by engine URN; reported by the records' own URNs.
+    before = {old_urns[r["urn"]]: r for r in old if r["custom"]}
+    after = {new_urns[r["urn"]]: r for r in new if r["custom"]}
     providers = {f"{r['urn']}::{r['id']}": r["inputs"] for r in after.values() if r["type"].startswith("pulumi:providers:")}
-    return {urn: classify(before.get(urn), after.get(urn), providers) for urn in sorted(set(before) | set(after))}
+    changes = {r["urn"]: classify(before.get(moved.get(urn, urn)), r, providers) for urn, r in after.items()}
+    taken = {moved.get(urn, urn) for urn in after}
+    for urn in sorted(set(before) - taken):
+        record = before[urn]
+        key = record["urn"] if record["urn"] not in changes else f"{record['urn']} (old)"
+        changes[key] = classify(record, None, providers)
+    return dict(sorted(changes.items()))
 
 
 def by_action(changes: Mapping[str, Change], action: str) -> set[str]:

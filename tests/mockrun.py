@@ -294,6 +294,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "replace_on_changes": list(request.replaceOnChanges),
                 "additional_secret_outputs": list(request.additionalSecretOutputs),
                 "replacement_trigger": trigger,
+                # Alias specs (or URNs) as the SDK sends them; tests.engine_rules resolves them as the engine does.
+                "aliases": [json_format.MessageToDict(alias) for alias in request.aliases],
+                "alias_urns": list(request.aliasURNs),
                 "custom_timeouts": {
                     "create": request.customTimeouts.create,
                     "update": request.customTimeouts.update,
