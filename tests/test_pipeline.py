@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import pwd
 import re
 import shutil
@@ -655,14 +656,19 @@ def seed_manifest(root: Path, chart_yaml: str | None = None) -> Manifest:
     files = starter_chart()
     if chart_yaml is not None:
         files["Chart.yaml"] = chart_yaml
-    bare = root / "chart.git"
+    return seed_repository(root, "chart", files)
+
+
+def seed_repository(root: Path, name: str, files: dict[str, str]) -> Manifest:
+    """A bare manifest repository whose main branch holds ``files`` in one commit."""
+    bare = root / f"{name}.git"
     git("init", "-q", "--bare", "-b", "main", str(bare))
-    work = root / "seed"
+    work = root / f"{name}-seed"
     work.mkdir()
     git("init", "-q", "-b", "main", cwd=work)
-    for name, content in files.items():
-        (work / name).parent.mkdir(parents=True, exist_ok=True)
-        (work / name).write_text(content)
+    for path, content in files.items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(content)
     git("add", ".", cwd=work)
     git(
         "-c", "user.name=Seeder", "-c", "user.email=seed@example.invalid",
@@ -812,6 +818,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         commit: str,
         known_hosts: Path | None = None,
         merge_request_via: str = API,
+        **spec_overrides: Any,
     ) -> Runner:
         index = next(counter)
         home = tmp_path / f"home-{index}"
@@ -823,7 +830,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         key_file.chmod(0o644)  # as a runner writes it; the job must tighten its own copy
         hosts_file = tmp_path / f"SSH_KNOWN_HOSTS-{index}"
         shutil.copy(known_hosts or ssh_server.known_hosts, hosts_file)
-        spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare), merge_request_via=merge_request_via)
+        spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare), merge_request_via=merge_request_via, **spec_overrides)
         secrets = {
             "SSH_PRIVATE_KEY": str(key_file),
             "SSH_KNOWN_HOSTS": str(hosts_file),
@@ -1375,3 +1382,68 @@ def test_gitlab_ci_local_shell_run_of_the_pipeline(
     else:
         assert pushes_logged(log) == [expected_push_options(commit)]
         assert mr_api.requests == []
+
+
+def seed_shared_manifest(root: Path, charts: dict[str, ChartSpec]) -> Manifest:
+    """A manifest project holding several apps' starter charts, each in its own directory."""
+    files = {f"{directory}/{name}": text for directory, spec in charts.items() for name, text in render_chart(spec).items()}
+    return seed_repository(root, "shared-charts", files)
+
+
+def test_apps_sharing_a_manifest_project_each_bump_only_their_own_chart(
+    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi, program: Any
+) -> None:
+    # The pipelines the program commits for the example stack's two apps on platform-charts.
+    teams = program(stack="teams")
+    assert teams.error is None, teams.error
+    rendered = {
+        app: yaml.safe_load(teams.named(f"{app}-pipeline-file")["inputs"]["content"])["variables"]
+        for app in ("orders", "payments")
+    }
+    assert rendered["orders"]["MANIFEST_SSH_URL"] == rendered["payments"]["MANIFEST_SSH_URL"]
+    assert rendered["orders"]["DEPLOY_BRANCH"] != rendered["payments"]["DEPLOY_BRANCH"]
+    charts = {app: posixpath.dirname(rendered[app]["CHART_FILE"]) for app in rendered}
+    assert charts == {"orders": "orders", "payments": "payments"}
+    manifest = seed_shared_manifest(
+        tmp_path,
+        {charts[app]: ChartSpec(name=app, image_repository=rendered[app]["IMAGE_REPOSITORY"]) for app in rendered},
+    )
+    before = {app: chart_file_at(manifest.bare, "main", rendered[app]["CHART_FILE"]) for app in rendered}
+
+    commits = {}
+    for app in ("orders", "payments"):
+        root = tmp_path / app
+        root.mkdir()
+        repo = make_app(root)
+        commits[app] = repo.commit(f"{app} change")
+        runner = runner_factory(
+            manifest,
+            repo,
+            commits[app],
+            chart_file=rendered[app]["CHART_FILE"],
+            deploy_branch=rendered[app]["DEPLOY_BRANCH"],
+            image_repository=rendered[app]["IMAGE_REPOSITORY"],
+        )
+        # One after the other, as two app projects' pipelines would run.
+        result = runner.deliver()
+        assert result.returncode == 0, result.stderr
+
+    assert set(refs(manifest.bare)) == {"refs/heads/main", *(f"refs/heads/{rendered[a]['DEPLOY_BRANCH']}" for a in rendered)}
+    assert refs(manifest.bare)["refs/heads/main"] == manifest.head
+    for app, other in (("orders", "payments"), ("payments", "orders")):
+        branch = rendered[app]["DEPLOY_BRANCH"]
+        changed = git("--git-dir", str(manifest.bare), "diff", "--name-only", "main", branch).split()
+        # Each deploy branch touches its own chart's Chart.yaml and nothing else.
+        assert changed == [rendered[app]["CHART_FILE"]]
+        bumped = chart_file_at(manifest.bare, branch, rendered[app]["CHART_FILE"])
+        assert bumped["appVersion"] == f"main-{commits[app][:8]}"
+        assert bumped["annotations"][COMMIT_ANNOTATION] == commits[app]
+        assert chart_file_at(manifest.bare, branch, rendered[other]["CHART_FILE"]) == before[other]
+    # One merge request per app, each from its own branch.
+    assert sorted(mr.source_branch for mr in mr_api.merge_requests) == sorted(rendered[a]["DEPLOY_BRANCH"] for a in rendered)
+
+
+def chart_file_at(bare: Path, ref: str, path: str) -> dict[str, Any]:
+    """A Chart.yaml at ``path`` on ``ref``."""
+    chart: dict[str, Any] = yaml.safe_load(git("--git-dir", str(bare), "show", f"{ref}:{path}"))
+    return chart
