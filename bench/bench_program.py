@@ -17,14 +17,22 @@ time measured inside the child (first statement of the snippet to the end of the
 the child's own peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux).
 It prints the medians and the program/floor ratios against a target of at most 1.5x.
 
+With ``--apps 1,10,50`` it measures the program alone on stacks of that many apps instead
+(the example `teams` stack's settings, apps generated two to a manifest project) and reports,
+per size, the median wall and in-child time, peak RSS and resources registered, and the
+cost of each app added between sizes: flat figures mean no step grows with the square of
+the number of apps.
+
 Run from the repository root::
 
     venv/bin/python bench/bench_program.py --runs 5 [--json]
+    venv/bin/python bench/bench_program.py --runs 3 --apps 1,10,50
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -116,6 +124,71 @@ def dev_job() -> dict[str, Any]:
         # The tests' per-request recording is harness work, not the program's.
         "record": False,
     }
+
+
+def apps_job(count: int) -> dict[str, Any]:
+    """The example `teams` stack's job with ``count`` generated apps, two to each manifest project."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.conftest import TEST_KUBECONFIG, base_config
+
+    os.environ["KUBECONFIG"] = str(TEST_KUBECONFIG)
+    config = base_config("teams")
+    config["apps"] = json.dumps(
+        [{"name": f"app{i:03d}", "manifestProject": f"charts{i // 2:03d}", "chartPath": f"app{i:03d}"} for i in range(count)]
+    )
+    return {"config": config, "secret_keys": ["dockerhubToken"], "stack": "teams", "preview": False, "record": False}
+
+
+def measure_apps(counts: list[int], runs: int, warmup: int) -> dict[str, Any]:
+    """The program on stacks of each size in ``counts``, interleaved, ``runs`` times each."""
+    jobs = {n: json.dumps(apps_job(n)) for n in counts}
+    samples: dict[int, list[Sample]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ)
+        env["GITOPS_BOOTSTRAP_CACHE"] = str(Path(tmp) / "cache")
+        env.pop("PYTHONPROFILEIMPORTTIME", None)
+        for i in range(warmup + runs):
+            for n in counts:
+                sample = run_child(["-c", PROGRAM_SNIPPET], jobs[n], env)
+                if i >= warmup:
+                    samples[n].append(sample)
+    sizes = {n: asdict(summarise(s)) | {"resources": s[0].detail["resources"]} for n, s in samples.items()}
+    steps = []
+    for low, high in itertools.pairwise(counts):
+        a, b, added = sizes[low], sizes[high], high - low
+        steps.append(
+            {
+                "from": low,
+                "to": high,
+                "ms_per_app_wall": 1000 * (b["median_wall_seconds"] - a["median_wall_seconds"]) / added,
+                "ms_per_app_child": 1000 * (b["median_child_seconds"] - a["median_child_seconds"]) / added,
+                "mib_per_app": (b["median_maxrss_mib"] - a["median_maxrss_mib"]) / added,
+                "resources_per_app": (b["resources"] - a["resources"]) / added,
+            }
+        )
+    return {"machine": machine(), "runs": runs, "warmup": warmup, "sizes": sizes, "steps": steps}
+
+
+def apps_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the per-size medians and the cost of each added app."""
+    m = result["machine"]
+    lines = [
+        f"{m['implementation']} {m['python']}, nproc={m['nproc']}, runs={result['runs']} (+{result['warmup']} warm-up)",
+        "",
+        f"{'apps':>5} {'wall s (median)':>16} {'in-child s':>11} {'peak RSS MiB':>13} {'resources':>10}",
+    ]
+    for n, s in result["sizes"].items():
+        lines.append(
+            f"{n:>5} {s['median_wall_seconds']:>16.3f} {s['median_child_seconds']:>11.3f}"
+            f" {s['median_maxrss_mib']:>13.1f} {s['resources']:>10}"
+        )
+    lines += ["", f"{'added apps':>12} {'ms/app wall':>12} {'ms/app child':>13} {'MiB/app':>8} {'resources/app':>14}"]
+    for step in result["steps"]:
+        lines.append(
+            f"{str(step['from']) + '->' + str(step['to']):>12} {step['ms_per_app_wall']:>12.1f}"
+            f" {step['ms_per_app_child']:>13.1f} {step['mib_per_app']:>8.2f} {step['resources_per_app']:>14.1f}"
+        )
+    return "\n".join(lines)
 
 
 def run_child(args: list[str], stdin: str, env: dict[str, str]) -> Sample:
@@ -258,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         help="unmeasured rounds first, to warm the page cache (default 1)",
     )
     parser.add_argument(
+        "--apps",
+        default="",
+        help="comma-separated app counts (e.g. 1,10,50): measure the program per stack size instead",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print the full result as JSON instead of a table",
@@ -265,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")
+    if args.apps:
+        counts = sorted({int(n) for n in args.apps.split(",")})
+        if counts[0] < 1:
+            parser.error("--apps counts must be >= 1")
+        per_size = measure_apps(counts, args.runs, args.warmup)
+        print(json.dumps(per_size, indent=2) if args.json else apps_table(per_size))
+        return 0
     result = measure(args.runs, args.warmup)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
