@@ -814,17 +814,17 @@ def _shared_project_problems(apps: list[AppSettings]) -> list[Problem]:
                 )
             else:
                 seen[(what, value)] = app
+    manifest_owner = {(a.manifest_project.adopt or a.manifest_project.path): a for a in apps}
     for app in apps:
-        own = app.app_project.adopt or app.app_project.path
-        for other in apps:
-            if other is not app and own == (other.manifest_project.adopt or other.manifest_project.path):
-                problems.append(
-                    Problem(
-                        app.key("adoptAppProject" if app.app_project.adopted else "appProject"),
-                        f"is {other.name}'s manifest project: an app's source and the charts need projects of their own",
-                        f"{app.name}-app",
-                    )
+        other = manifest_owner.get(app.app_project.adopt or app.app_project.path)
+        if other is not None and other is not app:
+            problems.append(
+                Problem(
+                    app.key("adoptAppProject" if app.app_project.adopted else "appProject"),
+                    f"is {other.name}'s manifest project: an app's source and the charts need projects of their own",
+                    f"{app.name}-app",
                 )
+            )
     charts: dict[str, list[AppSettings]] = {}
     for app in apps:
         charts.setdefault(app.manifest_project.adopt or app.manifest_project.path, []).append(app)
