@@ -477,3 +477,22 @@ def test_each_manifest_project_reports_deploys_with_its_own_token(program: Calla
         assert annotations[REF_ANNOTATION] == f"gitops-deploy-teams-{name}"
         services = {key.rsplit(".", 1)[1] for key in annotations if key.startswith("notifications.argoproj.io/subscribe")}
         assert services == {f"{GITLAB_SERVICE}-{repo}"}
+
+
+def test_one_kubernetes_provider_and_one_bot_provider_however_many_apps(teams: Run, program: Callable[..., Run]) -> None:
+    assert [r["name"] for r in teams.of_type("pulumi:providers:kubernetes")] == ["k8s"]
+    assert teams.of_type("pulumi:providers:gitlab") == []
+    with_bot = program(
+        {"deployKeyOwnerToken": "glpat-BotOwnerToken-abc123"},
+        stack="teams",
+        secret_keys=("dockerhubToken", "deployKeyOwnerToken"),
+    )
+    assert with_bot.error is None, with_bot.error
+    providers = with_bot.of_type("pulumi:providers:gitlab")
+    assert [p["name"] for p in providers] == ["deploy-key-owner"]
+    reference = f"{providers[0]['urn']}::{providers[0]['id']}"
+    # Every deploy key, of every app and repository, is registered through the one bot provider.
+    keys = with_bot.of_type("deployKey:DeployKey")
+    assert len(keys) == 5 and {k["provider"] for k in keys} == {reference}
+    kube = {r["provider"] for r in with_bot.resources if r["custom"] and r["type"].startswith("kubernetes:")}
+    assert len(kube) == 1
