@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -286,20 +285,19 @@ def test_rollouts_installed_once_and_only_the_canary_app_waits_for_it(teams: Run
 
 def previous_release(tmp: Path) -> Path:
     """The previous release's program, checked out of this repository's history."""
+    target = tmp / "release"
+    target.mkdir()
     try:
         archive = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", PREVIOUS_RELEASE],
             capture_output=True,
             check=True,
         ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        missing(f"git history with {PREVIOUS_RELEASE} ({exc})")
+        missing(f"git history with {PREVIOUS_RELEASE} and tar ({exc})")
         raise
-    tar = tmp / "release.tar"
-    tar.write_bytes(archive)
-    with tarfile.open(tar) as bundle:
-        bundle.extractall(tmp / "release", filter="data")
-    return tmp / "release"
+    return target
 
 
 @pytest.fixture(scope="module")
