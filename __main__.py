@@ -179,7 +179,7 @@ gitlab_instance = read_gitlab_instance()
 gitlab_host = read_gitlab(settings, gitlab_instance)
 webhook_url = f"{argocd_settings.external_url}/api/webhook" if argocd_settings.external_url else None
 repository_specs = manifest_repositories(settings.apps)
-feedback = read_feedback(settings, gitlab_instance, tuple(spec.suffix for spec in repository_specs))
+feedback = read_feedback(settings, gitlab_instance, tuple(spec.service_suffix for spec in repository_specs))
 
 # One explicit provider: server-side apply is required (the ApplicationSet CRD is larger
 # than the 256 KiB last-applied annotation that client-side apply writes).

@@ -48,11 +48,17 @@ class AppNames:
         return f"{self.prefix}{name}"
 
 
+# Joins the stack and the app in branch names, key titles and token names. Stack names hold only
+# letters, digits, '-', '_' and '.', and app names no '+', so `<stack>+<app>` never equals
+# another stack's `<stack>`, nor another stack and app's (stacks may share a manifest project).
+APP_SEPARATOR = "+"
+
+
 def app_names(app: AppSettings) -> AppNames:
-    """An app's names: unchanged for a single-app stack's app, prefixed with the app's name otherwise."""
+    """An app's names: unchanged for a single-app stack's app, carrying the app's name otherwise."""
     if app.single_app_names:
         return AppNames(prefix="", suffix="")
-    return AppNames(prefix=f"{app.name}-", suffix=f"-{app.name}")
+    return AppNames(prefix=f"{app.name}-", suffix=f"{APP_SEPARATOR}{app.name}")
 
 
 @dataclass(frozen=True)
@@ -70,17 +76,22 @@ class ManifestRepositorySpec:
 
     @property
     def component_name(self) -> str:
-        """The logical name of the repository's component."""
-        return "manifest" if self.single_app_names else f"manifest-{slug(self.key)}"
+        """The logical name of the repository's component: by its path, whichever apps use it."""
+        return f"manifest-{slug(self.key)}"
 
     @property
     def prefix(self) -> str:
-        """Prefix of its children's logical names."""
-        return "" if self.single_app_names else f"{slug(self.key)}-"
+        """Prefix of its children's logical names (a single-app stack's are found by aliases)."""
+        return f"{slug(self.key)}-"
 
     @property
     def suffix(self) -> str:
-        """Appended to its token name and notification service; "" for a single-app stack's repository."""
+        """Appended to its status token's name; "" while a single-app stack's app uses it."""
+        return "" if self.single_app_names else f"{APP_SEPARATOR}{slug(self.key)}"
+
+    @property
+    def service_suffix(self) -> str:
+        """Appended to its notification service and secret key, which annotation keys name (no '+' there)."""
         return "" if self.single_app_names else f"-{slug(self.key)}"
 
 

@@ -54,8 +54,8 @@ class ManifestRepository(pulumi.ComponentResource):
         super().__init__("gitops:gitlab:ManifestRepository", name, None, opts)
         self._args = args
         spec = args.spec
-        # The suffix of this repository's token and notification service ("" in a single-app stack).
-        self.spec_suffix = spec.suffix
+        # The suffix of this repository's notification service and secret key ("" in a single-app stack).
+        self.spec_suffix = spec.service_suffix
         p = spec.prefix
         stack, project_name = pulumi.get_stack(), pulumi.get_project()
 

@@ -103,7 +103,8 @@ RUNNER_RETRY_WHEN: tuple[str, ...] = (
 
 _NO_SPACE = re.compile(r"^\S+$")
 _PINNED_IMAGE = re.compile(r"^\S+@sha256:[0-9a-f]{64}$")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+# '+' joins stack and app in a multi-app stack's branch names (apps.APP_SEPARATOR).
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,22 @@ def stack_config(stack: str) -> dict[str, str]:
     return config
 
 
+# What a manifest project's component names its children after: `<project path slug>-<role>`.
+REPO_ROLES = (
+    "manifest-project",
+    "argocd-deploy-key",
+    "argocd-repo-key",
+    "manifest-default-branch",
+    "deploy-status-token",
+    "argocd-webhook",
+)
+
+
+def short_name(name: str) -> str:
+    """A logical name without its manifest project's prefix (``gitops-demo-chart-argocd-deploy-key`` → ``argocd-deploy-key``)."""
+    return next((role for role in REPO_ROLES if name.endswith(f"-{role}")), name)
+
+
 @dataclass
 class Run:
     """What one program run registered."""
@@ -75,10 +91,19 @@ class Run:
         return [r for r in self.resources if r["type"].endswith(suffix)]
 
     def named(self, name: str, type_suffix: str = "") -> dict[str, Any]:
-        """The one resource with this logical name (and type suffix)."""
-        found = [r for r in self.resources if r["name"] == name and r["type"].endswith(type_suffix)]
+        """The one resource with this logical name (and type suffix).
+
+        A manifest project's resources are named after its path (``gitops-demo-chart-argocd-deploy-key``);
+        where no resource has the exact name, the one whose name ends in ``-<name>`` is taken.
+        """
+        typed = [r for r in self.resources if r["type"].endswith(type_suffix)]
+        found = [r for r in typed if r["name"] == name] or [r for r in typed if r["name"].endswith(f"-{name}")]
         assert len(found) == 1, f"expected one resource named {name!r}, found {len(found)}"
         return found[0]
+
+    def role(self, name: str) -> str:
+        """The logical name of the one resource ``named(name)`` finds."""
+        return str(self.named(name)["name"])
 
     def by_urn(self) -> dict[str, dict[str, Any]]:
         return {r["urn"]: r for r in self.resources}

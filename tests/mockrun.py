@@ -181,12 +181,16 @@ class Mocks(pulumi_mocks.Mocks):
         self.report = report
         self.world = world
         self.triggers: dict[str, Any] = {}
+        # The logical name a resource had before an alias moved it: the engine keeps an aliased
+        # resource's state, so its generated key or token stays the same.
+        self.identities: dict[str, str] = {}
         self.groups: dict[Any, str] = {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
-        typ, name = args.typ, args.name
-        trigger = self.triggers.get(f"{typ}::{name}")
+        typ = args.typ
+        trigger = self.triggers.get(f"{typ}::{args.name}")
+        name = self.identities.get(f"{typ}::{args.name}", args.name)
         if args.resource_id and typ == "kubernetes:core/v1:Secret":
             password = "".join(_seed(args.resource_id).choices(string.ascii_letters + string.digits, k=16))
             return args.resource_id, {
@@ -272,6 +276,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         if request.HasField("replacement_trigger"):
             trigger = json_format.MessageToDict(request.replacement_trigger)
         self.mocks_ref.triggers[f"{request.type}::{request.name}"] = trigger
+        for alias in request.aliases:
+            if alias.urn:
+                self.mocks_ref.identities[f"{request.type}::{request.name}"] = alias.urn.rsplit("::", 1)[-1]
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack" or not self.record:
             return response

@@ -16,7 +16,7 @@ import yaml
 from components.apps import manifest_repositories
 from components.notifications import GITLAB_SERVICE, GITLAB_TOKEN_KEY, PROJECT_ANNOTATION, REF_ANNOTATION
 from components.settings import KEEP_NAMES_FIELD, SettingsError, parse_settings
-from tests.conftest import Run, base_config, run_program, stack_config
+from tests.conftest import Run, base_config, run_program, short_name, stack_config
 from tests.engine_rules import (
     CREATED,
     DELETED,
@@ -228,7 +228,7 @@ def test_one_repository_secret_per_app_project_and_one_read_key_per_manifest_pro
     read_only = [k for k in keys if not k["inputs"]["canPush"]]
     push = [k for k in keys if k["inputs"]["canPush"]]
     assert len(read_only) == 2 and len({k["inputs"]["project"] for k in read_only}) == 2
-    assert len(push) == 3 and {k["inputs"]["title"] for k in push} == {f"ci-push-teams-{app}" for app in TEAMS}
+    assert len(push) == 3 and {k["inputs"]["title"] for k in push} == {f"ci-push-teams+{app}" for app in TEAMS}
     # Every private key stays secret in the repository Secrets.
     for secret in teams.of_type("core/v1:Secret"):
         if secret["inputs"]["metadata"]["name"].startswith("repo-"):
@@ -268,7 +268,7 @@ def test_no_name_collides(teams: Run) -> None:
         for r in teams.of_type("repositoryFile:RepositoryFile")
         if r["name"].endswith("pipeline-file")
     }
-    assert sorted(deploy.values()) == sorted(f"gitops-deploy-teams-{app}" for app in TEAMS)
+    assert sorted(deploy.values()) == sorted(f"gitops-deploy-teams+{app}" for app in TEAMS)
     branches = {inputs["name"] for inputs in (r["inputs"] for r in teams.of_type("branch:Branch"))}
     assert not branches & set(deploy.values())
 
@@ -322,12 +322,12 @@ def test_upgrading_a_one_app_stack_replaces_nothing(
     moved = resolve_aliases(old.resources, new.resources)
     # Found through aliases: the sub-components and everything under them, and the resources
     # that moved between components.
-    moved_names = {r["name"] for r in new.resources if engine_urns(new.resources)[r["urn"]] in moved}
+    moved_names = {short_name(r["name"]) for r in new.resources if engine_urns(new.resources)[r["urn"]] in moved}
     assert {"access", "app", "manifest-project", "app-project", "argocd-repo-key", "ci-push-key", "ci-deploy-key"} <= moved_names
     # Without the aliases the same upgrade would replace the projects and every key: the check can fail.
     bare = [{**r, "aliases": [], "alias_urns": []} for r in new.resources]
     unaliased = diff_runs(old.resources, bare)
-    assert {"manifest-project", "app-project", "ci-deploy-key"} <= by_action(unaliased, DELETED)
+    assert {"manifest-project", "app-project", "ci-deploy-key"} <= {short_name(n) for n in by_action(unaliased, DELETED)}
 
 
 def test_moving_a_one_app_stack_into_apps_changes_nothing(program: Callable[..., Run]) -> None:
@@ -366,10 +366,10 @@ def test_adding_a_fourth_app_adds_only_its_resources(teams: Run, program: Callab
     assert created and all(name.startswith("billing-") for name in created), created
     # platform-charts is locked by now, so the new chart is proposed on a branch for a maintainer to merge.
     seed = after.named("billing-seed-branch")
-    assert seed["inputs"]["name"] == "gitops-seed-teams-billing"
+    assert seed["inputs"]["name"] == "gitops-seed-teams+billing"
     assert {
         f["inputs"]["branch"] for f in after.of_type("repositoryFile:RepositoryFile") if f["name"].startswith("billing-chart/")
-    } == {"gitops-seed-teams-billing"}
+    } == {"gitops-seed-teams+billing"}
 
 
 def test_a_second_up_of_three_apps_changes_nothing(teams: Run, program: Callable[..., Run]) -> None:
@@ -472,7 +472,7 @@ def test_each_manifest_project_reports_deploys_with_its_own_token(program: Calla
         repo = "storefront-chart" if name == "storefront" else "platform-charts"
         # Its own project's id and token, its own deploy branch as the status ref.
         assert annotations[PROJECT_ANNOTATION] == projects[f"{repo}-manifest-project"]
-        assert annotations[REF_ANNOTATION] == f"gitops-deploy-teams-{name}"
+        assert annotations[REF_ANNOTATION] == f"gitops-deploy-teams+{name}"
         services = {key.rsplit(".", 1)[1] for key in annotations if key.startswith("notifications.argoproj.io/subscribe")}
         assert services == {f"{GITLAB_SERVICE}-{repo}"}
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from tests.conftest import Run
+from tests.conftest import Run, short_name
 from tests.engine_rules import (
     CREATED,
     DELETED,
@@ -95,7 +95,7 @@ def test_branch_protection_uses_only_this_editions_arguments(program: Callable[.
         assert protection_violations(res["inputs"], enterprise) == [], res["name"]
         # The same arguments on the other edition are refused: the rule can fail.
         assert protection_violations(res["inputs"], not enterprise)
-    levels = {r["name"]: r["inputs"] for r in protections}
+    levels = {short_name(r["name"]): r["inputs"] for r in protections}
     manifest = levels["manifest-default-branch"]
     if enterprise:
         assert manifest["allowedToPushes"] == [{"accessLevel": "no one"}]
@@ -133,12 +133,17 @@ def credentials(run: Run) -> set[str]:
     included), create-before-delete, so the new hook exists before the old one goes.
     """
     names = {"argocd-repo-key", "ci-push-key", "argocd-deploy-key", "ci-deploy-key"}
-    present = {r["name"] for r in run.resources}
+    present = {short_name(r["name"]) for r in run.resources}
     return names | ({"mr-token", "argocd-webhook-secret", "argocd-webhook"} & present)
 
 
+def by_role(changes: dict, action: str) -> set[str]:
+    """``by_action`` with a manifest project's resources by role (``argocd-deploy-key``), not by its path."""
+    return {short_name(name) for name in by_action(changes, action)}
+
+
 def assert_safe(changes: dict, allowed_replacements: set[str]) -> None:
-    replaced = by_action(changes, REPLACED)
+    replaced = by_role(changes, REPLACED)
     assert replaced <= allowed_replacements, sorted(replaced - allowed_replacements)
     assert not [c.name for c in changes.values() if c.delete_first]
 
@@ -149,10 +154,10 @@ def test_rotation_replaces_credentials_only(program: Callable[..., Run], stack: 
     assert first.error is None and second.error is None
     changes = diff_runs(first.resources, second.resources)
     expected = credentials(second)
-    assert by_action(changes, REPLACED) == expected
+    assert by_role(changes, REPLACED) == expected
     assert_safe(changes, expected)
-    assert not by_action(changes, CREATED) and not by_action(changes, DELETED)
-    urns = {r["name"]: r["urn"] for r in second.resources}
+    assert not by_role(changes, CREATED) and not by_role(changes, DELETED)
+    urns = {short_name(r["name"]): r["urn"] for r in second.resources}
     consumers = {
         "manifest-repo": "argocd-deploy-key",
         "ssh-private-key": "ci-deploy-key",
@@ -183,11 +188,11 @@ def test_argocd_settings_replace_no_kubernetes_object(program: Callable[..., Run
     kube = {c.name for c in changes.values() if c.type.startswith("kubernetes:") and c.action == REPLACED}
     assert kube == set()
     assert not [c.name for c in changes.values() if c.delete_first]
-    updated = by_action(changes, UPDATED)
+    updated = by_role(changes, UPDATED)
     assert "argocd-cm" in updated
     if "argocdExternalUrl" in change and stack == "dev":
         # A first public URL adds the webhook and its secret, and writes only that key.
-        assert {"argocd-webhook", "argocd-webhook-secret"} <= by_action(changes, CREATED)
+        assert {"argocd-webhook", "argocd-webhook-secret"} <= by_role(changes, CREATED)
         assert "argocd-secret" in updated
 
 
@@ -196,8 +201,8 @@ def test_upgrade_replaces_nothing(program: Callable[..., Run], stack: str) -> No
     old, new = program({"argocdVersion": "v3.4.7"}, stack=stack), program({"argocdVersion": "v3.5.1"}, stack=stack)
     assert old.error is None and new.error is None
     changes = diff_runs(old.resources, new.resources)
-    assert by_action(changes, REPLACED) == set()
-    assert by_action(changes, UPDATED), "the upgrade changes the workloads in place"
+    assert by_role(changes, REPLACED) == set()
+    assert by_role(changes, UPDATED), "the upgrade changes the workloads in place"
 
 
 def without_mutable_settings(run: Run) -> list[dict]:
@@ -214,7 +219,7 @@ def without_mutable_settings(run: Run) -> list[dict]:
 def test_turning_on_mutable_settings_changes_only_the_provider(program: Callable[..., Run], stack: str) -> None:
     run = program(stack=stack)
     changes = diff_runs(without_mutable_settings(run), run.resources)
-    assert by_action(changes, UPDATED) == {"k8s"}
+    assert by_role(changes, UPDATED) == {"k8s"}
     assert {c.action for c in changes.values() if c.name != "k8s"} == {UNCHANGED}
 
 
@@ -265,7 +270,7 @@ def test_removing_the_starter_topic_forgets_the_starter_files_without_touching_t
     app_path = new.named("app-project")["outputs"]["path_with_namespace"]
     upgraded = program(gitlab={"projects": [{"path_with_namespace": app_path}]})
     changes = diff_runs(new.resources, upgraded.resources)
-    assert by_action(changes, CREATED) == set()
+    assert by_role(changes, CREATED) == set()
     assert {c.name for c in changes.values() if c.action == DELETED} == {
         r["name"] for r in new.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/")
     }
@@ -284,5 +289,5 @@ def test_turning_on_deploy_feedback_updates_in_place(program: Callable[..., Run]
     )
     assert on.error is None, on.error
     changes = diff_runs(dev.resources, on.resources)
-    assert by_action(changes, REPLACED) == set() and by_action(changes, CREATED) == set()
-    assert by_action(changes, UPDATED) == {"argocd-notifications-cm", "argocd-notifications-secret", "application"}
+    assert by_role(changes, REPLACED) == set() and by_role(changes, CREATED) == set()
+    assert by_role(changes, UPDATED) == {"argocd-notifications-cm", "argocd-notifications-secret", "application"}

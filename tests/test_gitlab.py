@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from components.gitlab_host import PIPELINE_FILE, STARTER_TOPIC
 from components.settings import MASKABLE
 from components.starter import render_starter_app, starter_app_files
-from tests.conftest import TEST_DOCKERHUB_TOKEN, Run
+from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, short_name
 
 ADOPT = {"adoptAppProject": "acme/webapp", "adoptManifestProject": "acme/webapp-chart"}
 
@@ -21,7 +21,7 @@ def variables(run: Run) -> dict[str, dict]:
 
 
 def test_projects_are_private_on_main_and_archived_on_destroy(dev: Run) -> None:
-    projects = {r["name"]: r for r in dev.of_type("project:Project")}
+    projects = {short_name(r["name"]): r for r in dev.of_type("project:Project")}
     assert set(projects) == {"app-project", "manifest-project"}
     assert projects["app-project"]["inputs"]["path"] == "gitops-demo-app"
     assert projects["manifest-project"]["inputs"]["path"] == "gitops-demo-chart"
@@ -71,7 +71,7 @@ def test_adopted_projects_are_never_created_nor_deletable(program: Callable[...,
 
 
 def test_deploy_keys(dev: Run) -> None:
-    keys = {r["name"]: r["inputs"] for r in dev.of_type("deployKey:DeployKey")}
+    keys = {short_name(r["name"]): r["inputs"] for r in dev.of_type("deployKey:DeployKey")}
     assert set(keys) == {"argocd-deploy-key", "ci-deploy-key"}
     assert keys["argocd-deploy-key"]["key"] != keys["ci-deploy-key"]["key"]
     assert keys["argocd-deploy-key"]["canPush"] is False and keys["ci-deploy-key"]["canPush"] is True
@@ -166,7 +166,7 @@ def test_access_token_is_least_privilege_and_rotates(api: Run) -> None:
 
 
 def test_branch_protection(dev: Run) -> None:
-    rules = {r["name"]: r for r in dev.of_type("branchProtection:BranchProtection")}
+    rules = {short_name(r["name"]): r for r in dev.of_type("branchProtection:BranchProtection")}
     manifest, app = rules["manifest-default-branch"], rules["app-default-branch"]
     assert manifest["inputs"]["project"] == dev.named("manifest-project")["id"]
     # gitlab.com is Enterprise Edition: access levels go in allowed_to_* (see test_engine_rules).

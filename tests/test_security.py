@@ -35,7 +35,7 @@ from components.pipeline import (
     render_pipeline,
 )
 from components.settings import SettingsError, parse_settings
-from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config
+from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config, short_name
 from tests.test_chart import render, write_chart
 from tests.test_cluster import K8S_VERSION, _crd_schemas
 from tests.test_pipeline import _gitlab_ci_local, app_repo, buildctl_stub, make_spec
@@ -175,7 +175,7 @@ def test_the_app_port_is_configurable(program: Callable[..., Run]) -> None:
 
 def branch_rules(run: Run) -> dict[str, BranchRule]:
     """Each protected branch the program registers, by resource name."""
-    projects = {r["id"]: r["name"] for r in run.of_type("project:Project")}
+    projects = {r["id"]: short_name(r["name"]) for r in run.of_type("project:Project")}
     rules = {}
     for res in run.of_type("branchProtection:BranchProtection"):
         push, merge = levels_from_inputs(res["inputs"])
@@ -245,7 +245,7 @@ def test_a_bot_owns_the_deploy_keys_when_configured(program: Callable[..., Run])
     assert table[("manifest-project", "main")]["deploy key owner"] == (False, False)
     assert table[("manifest-project", pipeline_branch("dev"))]["CI push deploy key"] == (False, False)
     # Nothing else acts as the bot.
-    assert sorted(r["name"] for r in run.resources if (r["provider"] or "").startswith(provider["urn"])) == [
+    assert sorted(short_name(r["name"]) for r in run.resources if (r["provider"] or "").startswith(provider["urn"])) == [
         "argocd-deploy-key",
         "ci-deploy-key",
     ]
