@@ -740,6 +740,17 @@ def _app_key_renamer(path: str) -> Callable[[str], str]:
     return rename
 
 
+def _field_type_problem(field: str, value: Any) -> str | None:
+    """Why an `apps` entry's value has the wrong type for its field, or None."""
+    key = KEYS_BY_NAME[APP_FIELDS[field]]
+    if key.type == "integer":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.strip().isdigit())
+        return None if ok else "must be a whole number"
+    if key.type == "array":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of strings"
+    return None if isinstance(value, str) else "must be a string"
+
+
 def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppSettings] | None:
     """The `apps` list; None when it is unset (the single-app keys describe the one app)."""
     if secret:
@@ -786,26 +797,49 @@ def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppS
             "appProject": f"{name}-app",
             "manifestProject": f"{name}-chart",
         }
-        raw.update({APP_FIELDS[field]: _scalar(value) for field, value in entry.items() if field in APP_FIELDS})
+        for field, value in entry.items():
+            if field not in APP_FIELDS or value is None:
+                # A field without a value (`chartPath:` in YAML) is unset, as an empty single-app key is.
+                continue
+            rule = _field_type_problem(field, value)
+            if rule:
+                r.bad(f"{path}.{field}", rule, str(KEYS_BY_NAME[APP_FIELDS[field]].example))
+                continue
+            raw[APP_FIELDS[field]] = _scalar(value)
         reader = _Reader(raw, (), r.problems, rename=_app_key_renamer(path))
         apps.append(_parse_app(reader, owner, keep, path))
     return apps
 
 
-def _shared_project_problems(apps: list[AppSettings]) -> list[Problem]:
-    """Two apps that would collide: the same name, namespace or app project, or charts that overlap in one manifest project."""
+def _identity(project: ProjectSettings, group: str | None) -> str:
+    """A project as GitLab tells projects apart: its full path where known, in any case."""
+    if project.adopt is not None:
+        return project.adopt.lower()
+    return f"{group}/{project.path}".lower() if group else project.path.lower()
+
+
+def _project_key_name(app: AppSettings, which: str) -> str:
+    project = app.app_project if which == "app" else app.manifest_project
+    return f"adopt{which.capitalize()}Project" if project.adopted else f"{which}Project"
+
+
+def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list[Problem]:
+    """Two apps that would collide.
+
+    The same name, namespace, app project or image; a manifest project named two ways; two
+    manifest projects whose resources would get one name; charts that overlap in one manifest project.
+    """
     problems: list[Problem] = []
     seen: dict[tuple[str, str], AppSettings] = {}
     for app in apps:
         claims = [
             ("appName", app.name, "Application, AppProject and chart name"),
             ("appNamespace", app.namespace, "namespace"),
-            (
-                "adoptAppProject" if app.app_project.adopted else "appProject",
-                app.app_project.adopt or app.app_project.path,
-                "app project",
-            ),
+            (_project_key_name(app, "app"), _identity(app.app_project, group), "app project"),
+            ("imageRepository", app.image_repository, "image repository"),
         ]
+        if app.cache_repository not in ("", "off"):
+            claims.append(("buildCacheRepository", app.cache_repository, "build cache"))
         for key, value, what in claims:
             other = seen.get((what, value))
             if other is not None:
@@ -814,20 +848,59 @@ def _shared_project_problems(apps: list[AppSettings]) -> list[Problem]:
                 )
             else:
                 seen[(what, value)] = app
-    manifest_owner = {(a.manifest_project.adopt or a.manifest_project.path): a for a in apps}
+    images = {a.image_repository: a for a in apps}
     for app in apps:
-        other = manifest_owner.get(app.app_project.adopt or app.app_project.path)
+        owner = images.get(app.cache_repository)
+        if owner is not None and owner is not app:
+            problems.append(
+                Problem(
+                    app.key("buildCacheRepository"),
+                    f"is {owner.name}'s imageRepository: the cache would be published with that image",
+                    CACHE_OFF,
+                )
+            )
+    # One manifest project per identity, named one way; and one resource name per project.
+    manifest_by_identity: dict[str, AppSettings] = {}
+    manifest_by_slug: dict[str, AppSettings] = {}
+    for app in apps:
+        identity, key = _identity(app.manifest_project, group), app.manifest_project.adopt or app.manifest_project.path
+        first = manifest_by_identity.setdefault(identity, app)
+        first_key = first.manifest_project.adopt or first.manifest_project.path
+        if first_key != key:
+            problems.append(
+                Problem(
+                    app.key(_project_key_name(app, "manifest")),
+                    f"is {first.name}'s manifest project ({first_key}) written another way: name it the same way in both apps",
+                    first_key,
+                )
+            )
+            continue
+        name = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+        other = manifest_by_slug.setdefault(name, app)
+        other_key = other.manifest_project.adopt or other.manifest_project.path
+        if other_key != key:
+            problems.append(
+                Problem(
+                    app.key(_project_key_name(app, "manifest")),
+                    f"gives its resources the same names as {other.name}'s manifest project ({other_key}, both"
+                    f" `{name}`): rename one project",
+                    f"{key}-2",
+                )
+            )
+    manifest_owner = {_identity(a.manifest_project, group): a for a in apps}
+    for app in apps:
+        other = manifest_owner.get(_identity(app.app_project, group))
         if other is not None and other is not app:
             problems.append(
                 Problem(
-                    app.key("adoptAppProject" if app.app_project.adopted else "appProject"),
+                    app.key(_project_key_name(app, "app")),
                     f"is {other.name}'s manifest project: an app's source and the charts need projects of their own",
                     f"{app.name}-app",
                 )
             )
     charts: dict[str, list[AppSettings]] = {}
     for app in apps:
-        charts.setdefault(app.manifest_project.adopt or app.manifest_project.path, []).append(app)
+        charts.setdefault(_identity(app.manifest_project, group), []).append(app)
     for sharing in charts.values():
         for i, app in enumerate(sharing):
             for other in sharing[:i]:
@@ -994,7 +1067,7 @@ def parse_settings(
                     f"is a single-app key and apps is set: move it into each app as apps[i].{APP_FIELDS_BY_KEY[key]}",
                     "(unset)",
                 )
-    r.problems.extend(_shared_project_problems(apps))
+    r.problems.extend(_shared_project_problems(apps, group))
 
     kube_context = r.string("kubeContext")
     if kube_context is not None and kube_contexts is not None and kube_context not in kube_contexts.names:

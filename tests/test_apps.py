@@ -103,8 +103,39 @@ def test_the_single_app_keys_are_one_app_with_its_old_names() -> None:
         ([{"name": "orders", "namespace": "Orders"}], ["apps[0].namespace"]),
         (
             [{"name": "orders"}, {"name": "orders", "namespace": "orders-2", "appProject": "o2", "manifestProject": "o2-chart"}],
-            ["apps[1].name"],
+            # Its derived image repository is the other's too.
+            ["apps[1].name", "apps[1].imageRepository"],
         ),
+        (
+            [{"name": "orders"}, {"name": "billing", "imageRepository": "docker.io/gitopsdemo/orders"}],
+            ["apps[1].imageRepository"],
+        ),
+        (
+            [{"name": "orders"}, {"name": "billing", "buildCacheRepository": "docker.io/gitopsdemo/orders"}],
+            ["apps[1].buildCacheRepository"],
+        ),
+        (
+            [
+                {"name": "orders", "buildCacheRepository": "registry.example.com/cache"},
+                {"name": "billing", "buildCacheRepository": "registry.example.com/cache"},
+            ],
+            ["apps[1].buildCacheRepository"],
+        ),
+        (
+            [{"name": "orders", "manifestProject": "my_charts"}, {"name": "billing", "manifestProject": "My-Charts"}],
+            ["apps[1].manifestProject"],
+        ),
+        (
+            [
+                {"name": "orders", "manifestProject": "charts", "chartPath": "orders"},
+                {"name": "billing", "adoptManifestProject": "acme/platform/charts", "chartPath": "billing"},
+            ],
+            ["apps[1].adoptManifestProject"],
+        ),
+        ([{"name": "orders"}, {"name": "billing", "appProject": "Orders-App"}], ["apps[1].appProject"]),
+        ([{"name": "orders", "appProject": True}], ["apps[0].appProject"]),
+        ([{"name": "orders", "port": "http"}], ["apps[0].port"]),
+        ([{"name": "orders", "buildRunnerTags": "buildkit"}], ["apps[0].buildRunnerTags"]),
         ([{"name": "orders"}, {"name": "billing", "namespace": "orders"}], ["apps[1].namespace"]),
         ([{"name": "orders"}, {"name": "billing", "appProject": "orders-app"}], ["apps[1].appProject"]),
         ([{"name": "orders", "manifestProject": "c"}, {"name": "billing", "manifestProject": "c"}], ["apps[1].chartPath"]),
@@ -135,6 +166,13 @@ def test_the_single_app_keys_are_one_app_with_its_old_names() -> None:
 def test_bad_app_entries_are_named_by_their_path(apps: list[Any], keys: list[str]) -> None:
     raw = {**base_config("teams"), "apps": json.dumps(apps)}
     assert problems(raw) == keys
+
+
+def test_a_field_without_a_value_is_unset() -> None:
+    # `chartPath:` with nothing after it is YAML null: the default, never the text "None".
+    raw = {**base_config("teams"), "apps": json.dumps([{"name": "orders", "chartPath": None, "appProject": None}])}
+    app = parse(raw).apps[0]
+    assert (app.chart_path, app.app_project.path) == (".", "orders-app")
 
 
 def test_apps_must_be_a_list_without_secrets() -> None:
