@@ -6,6 +6,7 @@ turn the answers into settings problems and edition-specific arguments.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,9 @@ class HostFacts:
     # Live projects at the paths this stack creates (its own, from an earlier run), by config
     # key, with their topics.
     live_topics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Apps (by their chartPath config key) whose Chart.yaml is on the default branch of a
+    # manifest project that existed before this run.
+    charts_present: frozenset[str] = frozenset()
     # GitLab's version (major, minor), from /api/v4/metadata.
     version: tuple[int, int] = (0, 0)
 
@@ -129,6 +133,23 @@ def seed_starter_app(facts: HostFacts, app: AppSettings) -> bool:
 def manifest_exists(facts: HostFacts, app: AppSettings) -> bool:
     """Whether the app's created manifest project existed before this run (its default branch is locked by now)."""
     return app.key(PROJECT_KEYS["manifest"][0]) in facts.live_topics
+
+
+def chart_file(app: AppSettings) -> str:
+    """Where the app's Chart.yaml lives in its manifest project."""
+    return posixpath.normpath(posixpath.join(app.chart_path, "Chart.yaml"))
+
+
+def chart_seed_branch(facts: HostFacts, app: AppSettings, stack: str, suffix: str) -> str | None:
+    """Where the app's starter chart goes when its manifest project existed before and holds no chart at its path yet.
+
+    That project's default branch is locked (nobody pushes), so the chart is proposed on a
+    branch a maintainer merges. Where the chart is there already (an app set up by an earlier
+    run) its files keep their branch: they ignore changes to it.
+    """
+    if manifest_exists(facts, app) and app.key("chartPath") not in facts.charts_present:
+        return seed_branch(stack, suffix)
+    return None
 
 
 def created_paths(apps: tuple[AppSettings, ...], namespace: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from components.gitlab_host import (
     HostFacts,
     ProjectRecord,
     adopted_paths,
+    chart_file,
     ci_config_path,
     created_paths,
     parse_version,
@@ -65,33 +66,61 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
     namespace, namespace_id = "", None
     archived: dict[str, ProjectRecord] = {}
     live: dict[str, tuple[str, ...]] = {}
+    charts: frozenset[str] = frozenset()
     if not all(app.app_project.adopted and app.manifest_project.adopted for app in apps):
         if args.group:
             group = gitlab.get_group(full_path=args.group)
             namespace, namespace_id = group.full_path, int(group.group_id)
         else:
             namespace = gitlab.get_current_user().username
-        found_at: dict[str, tuple[ProjectRecord | None, tuple[str, ...] | None]] = {}
+        found_at: dict[str, tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]] = {}
+        live_ids: dict[str, str] = {}
         for key, full_path in created_paths(apps, namespace).items():
             if full_path not in found_at:
                 found_at[full_path] = _at_path(full_path, namespace_id)
-            record, topics = found_at[full_path]
+            record, topics, project_id = found_at[full_path]
             if record is not None:
                 archived[key] = record
-            if topics is not None:
+            if topics is not None and project_id is not None:
                 live[key] = topics
+                live_ids[key] = project_id
+        charts = _charts_present(apps, live_ids, args.default_branch)
     return HostFacts(
         enterprise=enterprise,
         namespace_id=namespace_id,
         adopted=adopted,
         archived_at_path=archived,
         live_topics=live,
+        charts_present=charts,
         version=parse_version(metadata.version or ""),
     )
 
 
-def _at_path(full_path: str, namespace_id: int | None) -> tuple[ProjectRecord | None, tuple[str, ...] | None]:
-    """The archived project at a path to create, or the live one's topics (this stack's own, from an earlier run).
+def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], branch: str) -> frozenset[str]:
+    """The apps (by chartPath key) whose chart is on the default branch of a manifest project that exists already.
+
+    The data source fails on a missing file (terraform-provider-gitlab
+    data_source_gitlab_repository_file.go: `GetFile` error, 404 for a missing path).
+    """
+    present: set[str] = set()
+    for app in apps:
+        project_id = live_ids.get(app.key("manifestProject"))
+        if app.manifest_project.adopted or project_id is None:
+            continue
+        try:
+            gitlab.get_repository_file(project=project_id, file_path=chart_file(app), ref=branch)
+        except Exception as exc:
+            if "404" not in str(exc):
+                raise
+            continue
+        present.add(app.key("chartPath"))
+    return frozenset(present)
+
+
+def _at_path(
+    full_path: str, namespace_id: int | None
+) -> tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]:
+    """The archived project at a path to create, or the live one's topics and id (this stack's own, from an earlier run).
 
     Any other project at the path is reported by GitLab itself on create.
     """
@@ -103,9 +132,9 @@ def _at_path(full_path: str, namespace_id: int | None) -> tuple[ProjectRecord | 
         if found.path_with_namespace.lower() != full_path.lower():
             continue
         if found.archived:
-            return _record(found), None
-        return None, tuple(found.topics or ())
-    return None, None
+            return _record(found), None, None
+        return None, tuple(found.topics or ()), str(found.id)
+    return None, None, None
 
 
 @dataclass(frozen=True)

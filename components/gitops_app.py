@@ -21,14 +21,7 @@ from components.gitlab_content import (
     StarterChartArgs,
     chart_repo_path,
 )
-from components.gitlab_host import (
-    HostFacts,
-    deploy_branch,
-    manifest_exists,
-    protect_build_cache,
-    seed_branch,
-    seed_starter_app,
-)
+from components.gitlab_host import HostFacts, chart_seed_branch, deploy_branch, protect_build_cache, seed_starter_app
 from components.gitlab_projects import app_project
 from components.manifest_repository import ManifestRepository
 from components.notifications import FeedbackSpec, subscription_annotations
@@ -53,19 +46,6 @@ class GitOpsAppArgs:
     # Argo Rollouts, installed when any app's strategy needs it.
     rollouts: pulumi.Resource | None = None
     deploy_key_provider: pulumi.ProviderResource | None = None
-
-
-def chart_seed_branch(host: HostFacts, app: AppSettings, stack: str) -> str | None:
-    """Where a new app's starter chart goes when its manifest project existed before it: a branch to merge.
-
-    The default branch of an existing manifest project is locked (nobody pushes), so the chart
-    of an app added to it is proposed on a branch. An app whose created app project exists
-    already was seeded before; its chart files keep their branch (they ignore changes to it).
-    """
-    new_app = not app.app_project.adopted and app.key("appProject") not in host.live_topics
-    if manifest_exists(host, app) and new_app:
-        return seed_branch(stack, app_names(app).suffix)
-    return None
 
 
 class GitOpsApp(pulumi.ComponentResource):
@@ -121,7 +101,7 @@ class GitOpsApp(pulumi.ComponentResource):
                 ),
                 chart_path=app.chart_path,
                 prefix=p,
-                seed_branch=chart_seed_branch(args.host, app, args.stack),
+                seed_branch=chart_seed_branch(args.host, app, args.stack, names.suffix),
             ),
             opts=sub,
         )

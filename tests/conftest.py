@@ -152,6 +152,7 @@ def run_program(
     gitlab: dict[str, Any] | None = None,
     secret_keys: tuple[str, ...] = ("dockerhubToken",),
     root: str | None = None,
+    previous: list[str] | None = None,
 ) -> Run:
     """Run ``__main__.py`` under mocks in a fresh process with the stack's config and overrides.
 
@@ -171,7 +172,14 @@ def run_program(
             config.pop(key, None)
         else:
             config[key] = value
-    job = {"config": config, "secret_keys": list(secret_keys), "stack": stack, "preview": preview, "gitlab": gitlab}
+    job = {
+        "config": config,
+        "secret_keys": list(secret_keys),
+        "stack": stack,
+        "preview": preview,
+        "gitlab": gitlab,
+        "previous": previous or [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         env = dict(os.environ)

@@ -102,7 +102,8 @@ class GitLabWorld:
 
     The edition follows the configured API URL as a real instance would answer it (gitlab.com
     runs Enterprise Edition) unless the job names one; ``projects`` lists projects that exist
-    before the run, each with ``path_with_namespace`` and optionally ``archived`` and ``topics``.
+    before the run, each with ``path_with_namespace`` and optionally ``archived``, ``topics`` and
+    ``files`` (paths on its default branch).
     """
 
     USER = "acme-user"
@@ -132,6 +133,13 @@ class GitLabWorld:
             "ciConfigPath": listed.get("ci_config_path", ""),
             "ciPipelineVariablesMinimumOverrideRole": listed.get("ci_pipeline_variables_minimum_override_role", "developer"),
         }
+
+    def file(self, project_id: str, path: str, ref: str) -> dict[str, Any] | None:
+        """GET /projects/:id/repository/files/:path?ref=: a listed project's ``files`` (on its default branch)."""
+        listed = next((p for p in self.projects if self.project(p["path_with_namespace"])["id"] == project_id), None)
+        if listed is None or ref != listed.get("default_branch", "main") or path not in listed.get("files", []):
+            return None
+        return {"id": f"{project_id}:{ref}:{path}", "project": project_id, "filePath": path, "ref": ref, "content": ""}
 
     def protected_branches(self, project_id: str) -> list[dict[str, Any]]:
         """GET /projects/:id/protected_branches: listed rules, or GitLab's default for a new project
@@ -235,6 +243,12 @@ class Mocks(pulumi_mocks.Mocks):
                 "projectId": project_id,
                 "protectedBranches": self.world.protected_branches(project_id),
             }, []
+        if args.token == "gitlab:index/getRepositoryFile:getRepositoryFile":
+            found = self.world.file(str(args.args["project"]), args.args["filePath"], args.args["ref"])
+            if found is None:
+                # What the provider reports for a missing file: go-gitlab's error for GitLab's 404.
+                return {}, [("filePath", "GET .../repository/files: 404 {message: 404 File Not Found}")]
+            return found, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
             return {"id": "gitlab", "enterprise": self.world.enterprise, "version": self.world.version, "revision": "abc"}, []
         if args.token == "gitlab:index/getCurrentUser:getCurrentUser":
@@ -264,8 +278,10 @@ def _secret_paths(value: Any, path: str = "") -> list[str]:
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """The SDK's mock monitor, also keeping each request's options for the tests."""
 
-    def __init__(self, mocks: Mocks, report: dict[str, Any], record: bool = True) -> None:
+    def __init__(self, mocks: Mocks, report: dict[str, Any], record: bool = True, previous: frozenset[str] = frozenset()) -> None:
         super().__init__(mocks)
+        # Engine URNs of the state a run follows (tests.engine_rules.engine_urns of an earlier run).
+        self.previous = previous
         self.report = report
         # Without recording, only the SDK's own mock monitor work remains (for benchmarks).
         self.record = record
@@ -277,7 +293,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             trigger = json_format.MessageToDict(request.replacement_trigger)
         self.mocks_ref.triggers[f"{request.type}::{request.name}"] = trigger
         for alias in request.aliases:
-            if alias.urn:
+            # Only an alias that finds a resource of the previous run's state takes over its identity.
+            if alias.urn and alias.urn in self.previous:
                 self.mocks_ref.identities[f"{request.type}::{request.name}"] = alias.urn.rsplit("::", 1)[-1]
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack" or not self.record:
@@ -375,7 +392,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     pulumi.require_pulumi_version = require_pulumi_version
     mocks = Mocks(report, GitLabWorld(job, config.get("gitlab:baseUrl")))
-    monitor = RecordingMonitor(mocks, report, record=job.get("record", True))
+    monitor = RecordingMonitor(mocks, report, record=job.get("record", True), previous=frozenset(job.get("previous") or ()))
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=job.get("stack", "dev"), preview=job.get("preview", False), monitor=monitor
     )

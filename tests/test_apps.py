@@ -350,7 +350,7 @@ def test_upgrading_a_one_app_stack_replaces_nothing(
     release: Path, program: Callable[..., Run], stack: str, overrides: dict[str, str]
 ) -> None:
     old = run_program(overrides, stack=stack, root=str(release))
-    new = program(overrides, stack=stack)
+    new = program(overrides, stack=stack, previous=sorted(engine_urns(old.resources).values()))
     assert old.error is None, old.error and old.error["traceback"]
     assert new.error is None, new.error
     changes = diff_runs(old.resources, new.resources)
@@ -384,10 +384,54 @@ def test_moving_a_one_app_stack_into_apps_changes_nothing(program: Callable[...,
     assert {c.action for c in changes.values()} == {UNCHANGED}
 
 
+def test_upgrading_against_the_live_projects_replaces_nothing(release: Path, program: Callable[..., Run]) -> None:
+    # The second look at GitLab sees the projects, and the chart on main, that the first run made.
+    old = run_program(stack="dev", root=str(release))
+    new = program(stack="dev", gitlab=live_world(old), previous=sorted(engine_urns(old.resources).values()))
+    assert old.error is None and new.error is None, new.error
+    assert {c.action for c in diff_runs(old.resources, new.resources).values()} == {UNCHANGED}
+    assert [i["args"]["filePath"] for i in new.report["invokes"] if i["token"].endswith("getRepositoryFile")] == ["Chart.yaml"]
+
+
+def test_the_app_that_kept_the_single_app_names_can_leave_a_shared_project(program: Callable[..., Run]) -> None:
+    raw = stack_config("dev")
+    kept = {
+        "name": raw["appName"],
+        "namespace": raw["appNamespace"],
+        "appProject": raw["appProject"],
+        "manifestProject": raw["manifestProject"],
+        "chartPath": "webapp",
+        KEEP_NAMES_FIELD: True,
+    }
+    orders = {"name": "orders", "manifestProject": raw["manifestProject"], "chartPath": "orders"}
+    single = {key: None for key in APP_KEYS}
+    both = program({**single, "apps": json.dumps([kept, orders])})
+    assert both.error is None, both.error
+    alone = program({**single, "apps": json.dumps([orders])}, gitlab=live_world(both))
+    assert alone.error is None, alone.error
+    changes = diff_runs(both.resources, alone.resources)
+    # The shared project, its read key and its lock stay as they are; only webapp's own resources go.
+    assert by_action(changes, REPLACED) == set() and by_action(changes, CREATED) == set()
+    repo = {
+        "gitops-demo-chart-manifest-project",
+        "gitops-demo-chart-argocd-deploy-key",
+        "gitops-demo-chart-manifest-default-branch",
+    }
+    assert repo <= by_action(changes, UNCHANGED)
+    assert "app-project" in by_action(changes, DELETED) and "orders-app-project" in by_action(changes, UNCHANGED)
+
+
 def live_world(run: Run) -> dict[str, Any]:
-    """The GitLab instance after `run` was applied: its created projects exist, with their topics."""
+    """The GitLab instance after `run` was applied: its created projects, their topics and the files on main."""
+    files = run.of_type("repositoryFile:RepositoryFile")
     projects = [
-        {"path_with_namespace": r["outputs"]["path_with_namespace"], "topics": r["inputs"].get("topics", [])}
+        {
+            "path_with_namespace": r["outputs"]["path_with_namespace"],
+            "topics": r["inputs"].get("topics", []),
+            "files": [
+                f["inputs"]["filePath"] for f in files if f["inputs"]["project"] == r["id"] and f["inputs"]["branch"] == "main"
+            ],
+        }
         for r in run.of_type("gitlab:index/project:Project")
     ]
     return {"projects": projects}
@@ -408,6 +452,26 @@ def test_adding_a_fourth_app_adds_only_its_resources(teams: Run, program: Callab
     assert {
         f["inputs"]["branch"] for f in after.of_type("repositoryFile:RepositoryFile") if f["name"].startswith("billing-chart/")
     } == {"gitops-seed-teams+billing"}
+
+
+def test_an_adopted_app_project_on_a_locked_manifest_project_proposes_its_chart(teams: Run, program: Callable[..., Run]) -> None:
+    billing = {"name": "billing", "adoptAppProject": "acme/billing", "manifestProject": "platform-charts", "chartPath": "billing"}
+    after = program(with_apps([*teams_apps(), billing]), stack="teams", gitlab=live_world(teams))
+    assert after.error is None, after.error
+    branches = {
+        f["inputs"]["branch"] for f in after.of_type("repositoryFile:RepositoryFile") if f["name"].startswith("billing-chart/")
+    }
+    assert branches == {"gitops-seed-teams+billing"}
+    # One question per app on a manifest project that exists: is its Chart.yaml on main?
+    asked = [i["args"]["filePath"] for i in after.report["invokes"] if i["token"].endswith("getRepositoryFile")]
+    assert sorted(asked) == ["Chart.yaml", "billing/Chart.yaml", "orders/Chart.yaml", "payments/Chart.yaml"]
+    # The others' charts are there, so their files stay where they are.
+    others = {
+        f["inputs"]["branch"]
+        for f in after.of_type("repositoryFile:RepositoryFile")
+        if "-chart/" in f["name"] and not f["name"].startswith("billing-")
+    }
+    assert others == {"main"}
 
 
 def test_a_second_up_of_three_apps_changes_nothing(teams: Run, program: Callable[..., Run]) -> None:
