@@ -368,15 +368,21 @@ def test_upgrading_a_one_app_stack_replaces_nothing(
     assert {"manifest-project", "app-project", "ci-deploy-key"} <= {short_name(n) for n in by_action(unaliased, DELETED)}
 
 
-def test_moving_a_one_app_stack_into_apps_changes_nothing(program: Callable[..., Run]) -> None:
+def dev_app_entry(**fields: Any) -> dict[str, Any]:
+    """The demo stack's one app as an `apps` entry that keeps its single-app names."""
     raw = stack_config("dev")
-    entry = {
+    return {
         "name": raw["appName"],
         "namespace": raw["appNamespace"],
         "appProject": raw["appProject"],
         "manifestProject": raw["manifestProject"],
         KEEP_NAMES_FIELD: True,
+        **fields,
     }
+
+
+def test_moving_a_one_app_stack_into_apps_changes_nothing(program: Callable[..., Run]) -> None:
+    entry = dev_app_entry()
     before = program()
     after = program({**{key: None for key in APP_KEYS}, "apps": json.dumps([entry])})
     assert after.error is None, after.error
@@ -394,16 +400,8 @@ def test_upgrading_against_the_live_projects_replaces_nothing(release: Path, pro
 
 
 def test_the_app_that_kept_the_single_app_names_can_leave_a_shared_project(program: Callable[..., Run]) -> None:
-    raw = stack_config("dev")
-    kept = {
-        "name": raw["appName"],
-        "namespace": raw["appNamespace"],
-        "appProject": raw["appProject"],
-        "manifestProject": raw["manifestProject"],
-        "chartPath": "webapp",
-        KEEP_NAMES_FIELD: True,
-    }
-    orders = {"name": "orders", "manifestProject": raw["manifestProject"], "chartPath": "orders"}
+    kept = dev_app_entry(chartPath="webapp")
+    orders = {"name": "orders", "manifestProject": kept["manifestProject"], "chartPath": "orders"}
     single = {key: None for key in APP_KEYS}
     both = program({**single, "apps": json.dumps([kept, orders])})
     assert both.error is None, both.error
