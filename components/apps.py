@@ -43,10 +43,6 @@ class AppNames:
     # Appended to branch names, key titles and token names; "" for a single-app stack's app.
     suffix: str
 
-    def logical(self, name: str) -> str:
-        """A logical resource name of this app."""
-        return f"{self.prefix}{name}"
-
 
 # Joins the stack and the app in branch names, key titles and token names. Stack names hold only
 # letters, digits, '-', '_' and '.', and app names no '+', so `<stack>+<app>` never equals
@@ -123,3 +119,10 @@ def manifest_repositories(apps: Iterable[AppSettings]) -> list[ManifestRepositor
 def legacy_urn(stack: str, project: str, type_chain: str, name: str) -> str:
     """The URN a resource had in a single-app stack, for an alias (``type_chain``: parent types and its own, ``$``-joined)."""
     return f"urn:pulumi:{stack}::{project}::{type_chain}::{name}"
+
+
+def legacy_aliases(keep: bool, stack: str, project: str, old_parent: str, child_type: str, old_name: str) -> list[str]:
+    """The old URN of a resource that a single-app stack held under another component (``LEGACY_TYPES`` key), if kept."""
+    if not keep:
+        return []
+    return [legacy_urn(stack, project, f"{LEGACY_TYPES[old_parent]}${child_type}", old_name)]

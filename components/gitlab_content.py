@@ -8,7 +8,6 @@ so the one pipeline it starts can build, push and open the first deploy merge re
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from components.chart import ChartSpec, render_chart
 from components.gitlab_host import (
     CACHE_REPOSITORY_NAME,
     PIPELINE_FILE,
+    chart_repo_path,
     deploy_branch,
     pipeline_branch,
     protection_args,
@@ -35,11 +35,6 @@ COMMIT_AUTHOR = "gitops-bootstrap"
 # create timeout (1 minute) includes the wait for it (resource_gitlab_repository_file.go);
 # the starter chart and app commit a dozen files at once.
 FILE_TIMEOUTS = pulumi.CustomTimeouts(create="10m", update="10m", delete="10m")
-
-
-def chart_repo_path(chart_path: str, path: str) -> str:
-    """Where a chart file (``path`` inside the chart) lives in the manifest project."""
-    return posixpath.normpath(posixpath.join(chart_path, path))
 
 
 def pipeline_path(app: ProjectInfo) -> str:

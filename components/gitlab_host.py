@@ -135,9 +135,14 @@ def manifest_exists(facts: HostFacts, app: AppSettings) -> bool:
     return app.key(PROJECT_KEYS["manifest"][0]) in facts.live_topics
 
 
+def chart_repo_path(chart_path: str, path: str) -> str:
+    """Where a chart file (``path`` inside the chart) lives in the manifest project."""
+    return posixpath.normpath(posixpath.join(chart_path, path))
+
+
 def chart_file(app: AppSettings) -> str:
     """Where the app's Chart.yaml lives in its manifest project."""
-    return posixpath.normpath(posixpath.join(app.chart_path, "Chart.yaml"))
+    return chart_repo_path(app.chart_path, "Chart.yaml")
 
 
 def chart_seed_branch(facts: HostFacts, app: AppSettings, stack: str, suffix: str) -> str | None:

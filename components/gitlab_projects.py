@@ -117,9 +117,7 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
     return frozenset(present)
 
 
-def _at_path(
-    full_path: str, namespace_id: int | None
-) -> tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]:
+def _at_path(full_path: str, namespace_id: int | None) -> tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]:
     """The archived project at a path to create, or the live one's topics and id (this stack's own, from an earlier run).
 
     Any other project at the path is reported by GitLab itself on create.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.app import AppDeployment, AppDeploymentArgs
-from components.apps import LEGACY_TYPES, app_names, legacy_urn
+from components.apps import app_names, legacy_aliases
 from components.chart import ChartSpec
 from components.credentials import key_pair
 from components.gitlab_access import AccessArgs, GitLabAccess
@@ -19,9 +19,15 @@ from components.gitlab_content import (
     StarterAppArgs,
     StarterChart,
     StarterChartArgs,
-    chart_repo_path,
 )
-from components.gitlab_host import HostFacts, chart_seed_branch, deploy_branch, protect_build_cache, seed_starter_app
+from components.gitlab_host import (
+    HostFacts,
+    chart_file,
+    chart_seed_branch,
+    deploy_branch,
+    protect_build_cache,
+    seed_starter_app,
+)
 from components.gitlab_projects import app_project
 from components.manifest_repository import ManifestRepository
 from components.notifications import FeedbackSpec, subscription_annotations
@@ -67,10 +73,9 @@ class GitOpsApp(pulumi.ComponentResource):
         sub = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)] if legacy else None)
 
         def moved(old_parent: str, child_type: str, old_name: str) -> pulumi.ResourceOptions:
-            if not legacy:
-                return pulumi.ResourceOptions(parent=self)
+            # Moved here from another component of a single-app stack: its old URN finds it.
             return pulumi.ResourceOptions(
-                parent=self, aliases=[legacy_urn(stack, project, f"{LEGACY_TYPES[old_parent]}${child_type}", old_name)]
+                parent=self, aliases=legacy_aliases(legacy, stack, project, old_parent, child_type, old_name)
             )
 
         self.settings = app
@@ -136,7 +141,7 @@ class GitOpsApp(pulumi.ComponentResource):
                 app=self.project,
                 manifest=repo.project,
                 image_repository=app.image_repository,
-                chart_file=chart_repo_path(app.chart_path, "Chart.yaml"),
+                chart_file=chart_file(app),
                 merge_request_via=app.merge_request_via,
                 ready=[access, *([protections.app] if protections.app else [])],
                 stack=args.stack,
@@ -150,10 +155,10 @@ class GitOpsApp(pulumi.ComponentResource):
             ),
             opts=sub,
         )
-        self._args = args
-        self._names = names
-        self._sub = sub
-        self._access, self._protections, self._pipeline = access, protections, pipeline
+        self._args, self._names, self._sub = args, names, sub
+        self._ready: list[pulumi.Resource] = [access, protections, pipeline, self.chart, repo.argocd_deploy_key]
+        if repo.hook is not None:
+            self._ready.append(repo.hook)
 
     def finish(self, manifest_locked: pulumi.Resource | None) -> None:
         """The starter app, whose last commit starts the first pipeline, and the cluster side; then the component is complete.
@@ -161,29 +166,15 @@ class GitOpsApp(pulumi.ComponentResource):
         Called once the manifest project's default branch is locked (``manifest_locked``), so
         that the first deploy merge request can be merged by a maintainer only.
         """
-        args, app, repo, names, sub, p = (
-            self._args,
-            self._args.app,
-            self._args.repository,
-            self._names,
-            self._sub,
-            self._names.prefix,
-        )
-        access, protections, pipeline = self._access, self._protections, self._pipeline
+        args, names, sub = self._args, self._names, self._sub
+        app, repo, p = args.app, args.repository, names.prefix
         StarterApp(
             f"{p}starter-app",
             StarterAppArgs(
                 app=self.project,
                 seed=seed_starter_app(args.host, app),
-                ready=[
-                    access,
-                    protections,
-                    pipeline,
-                    self.chart,
-                    repo.argocd_deploy_key,
-                    *([repo.hook] if repo.hook else []),
-                    *([manifest_locked] if manifest_locked else []),
-                ],
+                # Everything its first pipeline reads, and the locked manifest branch.
+                ready=[*self._ready, *([manifest_locked] if manifest_locked else [])],
                 port=app.port,
                 prefix=p,
             ),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gitlab as gitlab
 
-from components.apps import LEGACY_TYPES, ManifestRepositorySpec, legacy_urn
+from components.apps import ManifestRepositorySpec, legacy_aliases
 from components.credentials import key_pair
 from components.gitlab_access import deploy_key, project_token
 from components.gitlab_host import HostFacts, protection_args
@@ -61,10 +61,10 @@ class ManifestRepository(pulumi.ComponentResource):
 
         def moved(old_parent: str, child_type: str, old_name: str) -> pulumi.ResourceOptions:
             # A single-app stack held these under other components; the alias keeps them (no replacement).
-            if not spec.single_app_names:
-                return pulumi.ResourceOptions(parent=self)
-            old = legacy_urn(stack, project_name, f"{LEGACY_TYPES[old_parent]}${child_type}", old_name)
-            return pulumi.ResourceOptions(parent=self, aliases=[old])
+            return pulumi.ResourceOptions(
+                parent=self,
+                aliases=legacy_aliases(spec.single_app_names, stack, project_name, old_parent, child_type, old_name),
+            )
 
         keys = key_pair(f"{p}argocd-repo-key", args.epoch, moved("credentials", KEY_TYPE, "argocd-repo-key"))
         self.argocd_private_key = keys.private_key
@@ -125,15 +125,15 @@ class ManifestRepository(pulumi.ComponentResource):
         args, spec = self._args, self._args.spec
         if not self.project.adopted:
             retain = args.gitlab.projects_on_destroy == "retain"
-            opts = pulumi.ResourceOptions(parent=self, retain_on_delete=retain, depends_on=list(after))
-            if spec.single_app_names:
-                old = legacy_urn(
-                    pulumi.get_stack(),
-                    pulumi.get_project(),
-                    f"{LEGACY_TYPES['protections']}$gitlab:index/branchProtection:BranchProtection",
-                    "manifest-default-branch",
-                )
-                opts = opts.merge(pulumi.ResourceOptions(aliases=[old]))
+            aliases = legacy_aliases(
+                spec.single_app_names,
+                pulumi.get_stack(),
+                pulumi.get_project(),
+                "protections",
+                "gitlab:index/branchProtection:BranchProtection",
+                "manifest-default-branch",
+            )
+            opts = pulumi.ResourceOptions(parent=self, retain_on_delete=retain, depends_on=list(after), aliases=aliases)
             self.protection = gitlab.BranchProtection(
                 f"{spec.prefix}manifest-default-branch",
                 project=self.project.id,
