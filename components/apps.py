@@ -7,6 +7,7 @@ name, once used, never moves. The app of a single-app stack keeps the names it h
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,8 +88,15 @@ class ManifestRepositorySpec:
 
     @property
     def service_suffix(self) -> str:
-        """Appended to its notification service and secret key, which annotation keys name (no '+' there)."""
-        return "" if self.single_app_names else f"-{slug(self.key)}"
+        """Appended to its notification service and secret key; "" while a single-app stack's app uses it.
+
+        Annotation keys name the service (`notifications.argoproj.io/subscribe.<trigger>.<service>`),
+        and Kubernetes allows 63 characters after the `/` and no '+': a short digest of the
+        path fits any path.
+        """
+        if self.single_app_names:
+            return ""
+        return "-" + hashlib.sha256(self.key.lower().encode()).hexdigest()[:8]
 
 
 def manifest_repositories(apps: Iterable[AppSettings]) -> list[ManifestRepositorySpec]:

@@ -96,11 +96,17 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
     )
 
 
+# GitLab's answer for a path that is not on the ref, as go-gitlab's ErrorResponse prints it.
+FILE_NOT_FOUND = "404 {message: 404 File Not Found}"
+
+
 def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], branch: str) -> frozenset[str]:
     """The apps (by chartPath key) whose chart is on the default branch of a manifest project that exists already.
 
     The data source fails on a missing file (terraform-provider-gitlab
-    data_source_gitlab_repository_file.go: `GetFile` error, 404 for a missing path).
+    data_source_gitlab_repository_file.go returns go-gitlab's `GetFile` error, whose text ends in
+    `404 {message: 404 File Not Found}`). Any other failure stops the program: a guess would
+    commit the chart to a branch nobody needs.
     """
     present: set[str] = set()
     for app in apps:
@@ -110,7 +116,7 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
         try:
             gitlab.get_repository_file(project=project_id, file_path=chart_file(app), ref=branch)
         except Exception as exc:
-            if "404" not in str(exc):
+            if FILE_NOT_FOUND not in str(exc):
                 raise
             continue
         present.add(app.key("chartPath"))

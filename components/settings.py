@@ -659,9 +659,15 @@ def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: s
             "must be a project's full path, namespace included",
         )
         projects[which] = ProjectSettings(path=path, adopt=adopt)
-    if projects["app"].adopt is not None and projects["app"].adopt == projects["manifest"].adopt:
+    # GitLab paths ignore case.
+    app_adopt, manifest_adopt = (projects[w].adopt for w in ("app", "manifest"))
+    if app_adopt is not None and manifest_adopt is not None and app_adopt.lower() == manifest_adopt.lower():
         r.bad("adoptManifestProject", "must differ from adoptAppProject: the chart needs a project of its own")
-    if not projects["app"].adopted and not projects["manifest"].adopted and projects["app"].path == projects["manifest"].path:
+    if (
+        not projects["app"].adopted
+        and not projects["manifest"].adopted
+        and projects["app"].path.lower() == projects["manifest"].path.lower()
+    ):
         r.bad("manifestProject", "must differ from appProject", "gitops-demo-chart")
 
     strategy = r.string("deliveryStrategy") or ""
@@ -784,7 +790,8 @@ def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppS
             r.bad(f"{path}.name", "is required: it names the app's Application, AppProject and chart", "orders")
             continue
         name = name.strip()
-        keep = entry.get(KEEP_NAMES_FIELD, False)
+        # Without a value (YAML null) the flag is unset, like every other field.
+        keep = entry.get(KEEP_NAMES_FIELD) or False
         # `pulumi config set --path` may store the flag as the string "true".
         if isinstance(keep, str) and keep.strip().lower() in ("true", "false"):
             keep = keep.strip().lower() == "true"
@@ -885,6 +892,16 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
                     f"gives its resources the same names as {other.name}'s manifest project ({other_key}, both"
                     f" `{name}`): rename one project",
                     f"{key}-2",
+                )
+            )
+    for app in apps:
+        mixed = app.app_project.adopted != app.manifest_project.adopted
+        if mixed and _identity(app.app_project, group) == _identity(app.manifest_project, group):
+            problems.append(
+                Problem(
+                    app.key(_project_key_name(app, "manifest")),
+                    "is the app project, named another way: the chart needs a project of its own",
+                    f"{app.name}-chart",
                 )
             )
     manifest_owner = {_identity(a.manifest_project, group): a for a in apps}

@@ -141,6 +141,11 @@ class GitLabWorld:
             return None
         return {"id": f"{project_id}:{ref}:{path}", "project": project_id, "filePath": path, "ref": ref, "content": ""}
 
+    def failing_files(self, project_id: str) -> str:
+        """The error a listed project's ``files_error`` makes every file look-up answer, or ""."""
+        listed = next((p for p in self.projects if self.project(p["path_with_namespace"])["id"] == project_id), {})
+        return str(listed.get("files_error", ""))
+
     def protected_branches(self, project_id: str) -> list[dict[str, Any]]:
         """GET /projects/:id/protected_branches: listed rules, or GitLab's default for a new project
         (the default branch fully protected: maintainers push and merge)."""
@@ -244,10 +249,16 @@ class Mocks(pulumi_mocks.Mocks):
                 "protectedBranches": self.world.protected_branches(project_id),
             }, []
         if args.token == "gitlab:index/getRepositoryFile:getRepositoryFile":
-            found = self.world.file(str(args.args["project"]), args.args["filePath"], args.args["ref"])
+            project_id, path = str(args.args["project"]), args.args["filePath"]
+            url = f"https://{GITLAB_HOST}/api/v4/projects/{project_id}/repository/files/{path.replace('/', '%2F')}"
+            failing = self.world.failing_files(project_id)
+            if failing:
+                # A GitLab that answers something else (a 500 whose URL holds "404" too).
+                return {}, [("filePath", f"GET {url}: {failing}")]
+            found = self.world.file(project_id, path, args.args["ref"])
             if found is None:
                 # What the provider reports for a missing file: go-gitlab's error for GitLab's 404.
-                return {}, [("filePath", "GET .../repository/files: 404 {message: 404 File Not Found}")]
+                return {}, [("filePath", f"GET {url}: 404 {{message: 404 File Not Found}}")]
             return found, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
             return {"id": "gitlab", "enterprise": self.world.enterprise, "version": self.world.version, "revision": "abc"}, []

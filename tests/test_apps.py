@@ -134,6 +134,11 @@ def test_the_single_app_keys_are_one_app_with_its_old_names() -> None:
         ),
         ([{"name": "orders"}, {"name": "billing", "appProject": "Orders-App"}], ["apps[1].appProject"]),
         ([{"name": "orders", "appProject": True}], ["apps[0].appProject"]),
+        ([{"name": "orders", "appProject": "orders", "manifestProject": "Orders"}], ["apps[0].manifestProject"]),
+        (
+            [{"name": "orders", "adoptAppProject": "acme/platform/orders", "manifestProject": "orders"}],
+            ["apps[0].manifestProject"],
+        ),
         ([{"name": "orders", "port": "http"}], ["apps[0].port"]),
         ([{"name": "orders", "buildRunnerTags": "buildkit"}], ["apps[0].buildRunnerTags"]),
         ([{"name": "orders"}, {"name": "billing", "namespace": "orders"}], ["apps[1].namespace"]),
@@ -170,9 +175,9 @@ def test_bad_app_entries_are_named_by_their_path(apps: list[Any], keys: list[str
 
 def test_a_field_without_a_value_is_unset() -> None:
     # `chartPath:` with nothing after it is YAML null: the default, never the text "None".
-    raw = {**base_config("teams"), "apps": json.dumps([{"name": "orders", "chartPath": None, "appProject": None}])}
-    app = parse(raw).apps[0]
-    assert (app.chart_path, app.app_project.path) == (".", "orders-app")
+    entry = {"name": "orders", "chartPath": None, "appProject": None, KEEP_NAMES_FIELD: None}
+    app = parse({**base_config("teams"), "apps": json.dumps([entry])}).apps[0]
+    assert (app.chart_path, app.app_project.path, app.single_app_names) == (".", "orders-app", False)
 
 
 def test_apps_must_be_a_list_without_secrets() -> None:
@@ -472,6 +477,17 @@ def test_an_adopted_app_project_on_a_locked_manifest_project_proposes_its_chart(
     assert others == {"main"}
 
 
+def test_a_failing_chart_look_up_stops_the_program(teams: Run, program: Callable[..., Run]) -> None:
+    # A 500 whose URL holds "404" (project 14045, chart svc404) is no answer about the chart.
+    world = live_world(teams)
+    for project in world["projects"]:
+        project["files_error"] = "500 {message: 500 Internal Server Error}"
+    billing = {"name": "billing", "manifestProject": "platform-charts", "chartPath": "svc404"}
+    run = program(with_apps([*teams_apps(), billing]), stack="teams", gitlab=world)
+    assert run.error is not None and "500 Internal Server Error" in run.error["message"]
+    assert run.resources == []
+
+
 def test_a_second_up_of_three_apps_changes_nothing(teams: Run, program: Callable[..., Run]) -> None:
     again = program(stack="teams", gitlab=live_world(teams))
     assert again.error is None, again.error
@@ -559,11 +575,13 @@ def test_each_manifest_project_reports_deploys_with_its_own_token(program: Calla
     assert run.error is None, run.error
     tokens = {r["name"]: r for r in run.of_type("projectAccessToken:ProjectAccessToken")}
     assert set(tokens) == {"platform-charts-deploy-status-token", "storefront-chart-deploy-status-token"}
+    suffixes = {spec.key: spec.service_suffix for spec in manifest_repositories(parse(base_config("teams")).apps)}
+    assert len(set(suffixes.values())) == 2 and all(len(suffix) == 9 for suffix in suffixes.values())
     secret = run.named("argocd-notifications-secret")
-    assert set(secret["inputs"]["data"]) == {f"{GITLAB_TOKEN_KEY}-platform-charts", f"{GITLAB_TOKEN_KEY}-storefront-chart"}
+    assert set(secret["inputs"]["data"]) == {f"{GITLAB_TOKEN_KEY}{suffix}" for suffix in suffixes.values()}
     assert secret["secret_paths"]
     data = notifications_cm(run)
-    for suffix in ("-platform-charts", "-storefront-chart"):
+    for suffix in suffixes.values():
         service = yaml.safe_load(data[f"service.webhook.{GITLAB_SERVICE}{suffix}"])
         assert {"name": "PRIVATE-TOKEN", "value": f"${GITLAB_TOKEN_KEY}{suffix}"} in service["headers"]
     projects = {r["name"]: r["outputs"]["id"] for r in run.of_type("project:Project")}
@@ -573,8 +591,10 @@ def test_each_manifest_project_reports_deploys_with_its_own_token(program: Calla
         # Its own project's id and token, its own deploy branch as the status ref.
         assert annotations[PROJECT_ANNOTATION] == projects[f"{repo}-manifest-project"]
         assert annotations[REF_ANNOTATION] == f"gitops-deploy-teams+{name}"
-        services = {key.rsplit(".", 1)[1] for key in annotations if key.startswith("notifications.argoproj.io/subscribe")}
-        assert services == {f"{GITLAB_SERVICE}-{repo}"}
+        subscriptions = [key for key in annotations if key.startswith("notifications.argoproj.io/subscribe")]
+        assert {key.rsplit(".", 1)[1] for key in subscriptions} == {f"{GITLAB_SERVICE}{suffixes[repo]}"}
+        # Kubernetes allows 63 characters after the prefix's '/' of an annotation key.
+        assert all(len(key.split("/", 1)[1]) <= 63 for key in annotations), sorted(annotations)
 
 
 def test_one_kubernetes_provider_and_one_bot_provider_however_many_apps(teams: Run, program: Callable[..., Run]) -> None:
