@@ -8,11 +8,10 @@ name, once used, never moves. The app of a single-app stack keeps the names it h
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from components.settings import AppSettings, ProjectSettings
+from components.settings import AppSettings, ProjectSettings, slug
 
 # The resource types, as the engine qualifies them, that held a single-app stack's resources
 # before each app had a component of its own (see `legacy_urn`).
@@ -22,12 +21,6 @@ LEGACY_TYPES = {
     "access": "gitops:gitlab:Access",
     "credentials": "gitops:credentials:Credentials",
 }
-_SLUG = re.compile(r"[^a-z0-9]+")
-
-
-def slug(text: str) -> str:
-    """``text`` as a lowercase name of letters, digits and single dashes."""
-    return _SLUG.sub("-", text.lower()).strip("-")
 
 
 def project_key(project: ProjectSettings) -> str:

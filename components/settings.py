@@ -818,6 +818,11 @@ def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppS
     return apps
 
 
+def slug(text: str) -> str:
+    """``text`` as a lowercase name of letters, digits and single dashes (what a manifest project's resources are named by)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 def _identity(project: ProjectSettings, group: str | None) -> str:
     """A project as GitLab tells projects apart: its full path where known, in any case."""
     if project.adopt is not None:
@@ -882,7 +887,7 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
                 )
             )
             continue
-        name = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+        name = slug(key)
         other = manifest_by_slug.setdefault(name, app)
         other_key = other.manifest_project.adopt or other.manifest_project.path
         if other_key != key:
