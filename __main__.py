@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 pulumi.require_pulumi_version(">=3.272.0")
 
 from components import manifest_source
-from components.apps import manifest_repositories, project_key
+from components.apps import manifest_repositories
 from components.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.argocd_manifest import Overlays, prepare_objects
@@ -146,7 +146,7 @@ def notification_secrets(feedback: Feedback, repositories: list[ManifestReposito
     if feedback.mode == DEPLOY_STATUS_PROJECT_TOKEN:
         for repository in repositories:
             if repository.status_token is not None:
-                values[GITLAB_TOKEN_KEY + repository.spec_suffix] = pulumi.Output.secret(repository.status_token.token)
+                values[GITLAB_TOKEN_KEY + repository.service_suffix] = pulumi.Output.secret(repository.status_token.token)
     elif feedback.mode == DEPLOY_STATUS_TOKEN and feedback.token is not None:
         values[GITLAB_TOKEN_KEY] = pulumi.Output.secret(feedback.token.reveal())
     if feedback.slack_url is not None:
@@ -262,7 +262,7 @@ for app_settings in settings.apps:
         app_settings.name,
         GitOpsAppArgs(
             app=app_settings,
-            repository=repositories[project_key(app_settings.manifest_project)],
+            repository=repositories[app_settings.manifest_project.key],
             gitlab=settings.gitlab,
             host=gitlab_host,
             stack=settings.stack,
@@ -282,8 +282,8 @@ for spec in repository_specs:
     repositories[spec.key].lock(
         after=[file for name in spec.apps if apps[name].chart.seed_branch is None for file in apps[name].chart.files]
     )
-for app_settings in settings.apps:
-    apps[app_settings.name].finish(repositories[project_key(app_settings.manifest_project)].protection)
+for app in apps.values():
+    app.finish(app.repository.protection)
 
 pulumi.export("argocdNamespace", argocd.namespace)
 pulumi.export("argocdVersion", argocd_settings.version)

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from components.settings import AppSettings, ProjectSettings, slug
+from components.settings import AppSettings, ProjectSettings, project_key_name, slug
 
 # The resource types, as the engine qualifies them, that held a single-app stack's resources
 # before each app had a component of its own (see `legacy_urn`).
@@ -21,11 +21,6 @@ LEGACY_TYPES = {
     "access": "gitops:gitlab:Access",
     "credentials": "gitops:credentials:Credentials",
 }
-
-
-def project_key(project: ProjectSettings) -> str:
-    """What identifies a project among the stack's settings: the adopted full path, or the path to create."""
-    return project.adopt or project.path
 
 
 @dataclass(frozen=True)
@@ -96,14 +91,14 @@ def manifest_repositories(apps: Iterable[AppSettings]) -> list[ManifestRepositor
     """The distinct manifest projects the apps name, each once, keyed by the project's path."""
     found: dict[str, ManifestRepositorySpec] = {}
     for app in apps:
-        key = project_key(app.manifest_project)
+        key = app.manifest_project.key
         spec = found.get(key)
         if spec is None:
             found[key] = ManifestRepositorySpec(
                 key=key,
                 project=app.manifest_project,
                 apps=(app.name,),
-                config_key=app.key("adoptManifestProject" if app.manifest_project.adopted else "manifestProject"),
+                config_key=app.key(project_key_name(app, "manifest")),
                 single_app_names=app.single_app_names,
             )
         else:

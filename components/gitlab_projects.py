@@ -110,8 +110,9 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
     """
     present: set[str] = set()
     for app in apps:
+        # Only created projects found live are in live_ids: an adopted one never gets a seeded chart.
         project_id = live_ids.get(app.key("manifestProject"))
-        if app.manifest_project.adopted or project_id is None:
+        if project_id is None:
             continue
         try:
             gitlab.get_repository_file(project=project_id, file_path=chart_file(app), ref=branch)

@@ -180,7 +180,7 @@ class GitOpsApp(pulumi.ComponentResource):
             ),
             opts=sub,
         )
-        status_suffix = args.feedback.status_suffix(repo.spec_suffix)
+        status_suffix = args.feedback.status_suffix(repo.service_suffix)
         status_ref = deploy_branch(args.stack, names.suffix)
         self.deployment = AppDeployment(
             f"{p}app",

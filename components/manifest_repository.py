@@ -55,7 +55,7 @@ class ManifestRepository(pulumi.ComponentResource):
         self._args = args
         spec = args.spec
         # The suffix of this repository's notification service and secret key ("" in a single-app stack).
-        self.spec_suffix = spec.service_suffix
+        self.service_suffix = spec.service_suffix
         p = spec.prefix
         stack, project_name = pulumi.get_stack(), pulumi.get_project()
 

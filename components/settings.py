@@ -355,6 +355,11 @@ class ProjectSettings:
         """True when the project exists already and is only managed, never created."""
         return self.adopt is not None
 
+    @property
+    def key(self) -> str:
+        """What names the project among the stack's settings: the adopted full path, or the path to create."""
+        return self.adopt or self.path
+
 
 @dataclass(frozen=True)
 class GitLabSettings:
@@ -825,12 +830,13 @@ def slug(text: str) -> str:
 
 def _identity(project: ProjectSettings, group: str | None) -> str:
     """A project as GitLab tells projects apart: its full path where known, in any case."""
-    if project.adopt is not None:
-        return project.adopt.lower()
-    return f"{group}/{project.path}".lower() if group else project.path.lower()
+    if project.adopted or not group:
+        return project.key.lower()
+    return f"{group}/{project.path}".lower()
 
 
-def _project_key_name(app: AppSettings, which: str) -> str:
+def project_key_name(app: AppSettings, which: str) -> str:
+    """The config key that names an app's ``which`` ("app" or "manifest") project: the path to create or the one to adopt."""
     project = app.app_project if which == "app" else app.manifest_project
     return f"adopt{which.capitalize()}Project" if project.adopted else f"{which}Project"
 
@@ -847,7 +853,7 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
         claims = [
             ("appName", app.name, "Application, AppProject and chart name"),
             ("appNamespace", app.namespace, "namespace"),
-            (_project_key_name(app, "app"), _identity(app.app_project, group), "app project"),
+            (project_key_name(app, "app"), _identity(app.app_project, group), "app project"),
             ("imageRepository", app.image_repository, "image repository"),
         ]
         if app.cache_repository not in ("", "off"):
@@ -875,13 +881,13 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
     manifest_by_identity: dict[str, AppSettings] = {}
     manifest_by_slug: dict[str, AppSettings] = {}
     for app in apps:
-        identity, key = _identity(app.manifest_project, group), app.manifest_project.adopt or app.manifest_project.path
+        identity, key = _identity(app.manifest_project, group), app.manifest_project.key
         first = manifest_by_identity.setdefault(identity, app)
-        first_key = first.manifest_project.adopt or first.manifest_project.path
+        first_key = first.manifest_project.key
         if first_key != key:
             problems.append(
                 Problem(
-                    app.key(_project_key_name(app, "manifest")),
+                    app.key(project_key_name(app, "manifest")),
                     f"is {first.name}'s manifest project ({first_key}) written another way: name it the same way in both apps",
                     first_key,
                 )
@@ -889,11 +895,11 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
             continue
         name = slug(key)
         other = manifest_by_slug.setdefault(name, app)
-        other_key = other.manifest_project.adopt or other.manifest_project.path
+        other_key = other.manifest_project.key
         if other_key != key:
             problems.append(
                 Problem(
-                    app.key(_project_key_name(app, "manifest")),
+                    app.key(project_key_name(app, "manifest")),
                     f"gives its resources the same names as {other.name}'s manifest project ({other_key}, both"
                     f" `{name}`): rename one project",
                     f"{key}-2",
@@ -904,7 +910,7 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
         if mixed and _identity(app.app_project, group) == _identity(app.manifest_project, group):
             problems.append(
                 Problem(
-                    app.key(_project_key_name(app, "manifest")),
+                    app.key(project_key_name(app, "manifest")),
                     "is the app project, named another way: the chart needs a project of its own",
                     f"{app.name}-chart",
                 )
@@ -915,7 +921,7 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
         if other is not None and other is not app:
             problems.append(
                 Problem(
-                    app.key(_project_key_name(app, "app")),
+                    app.key(project_key_name(app, "app")),
                     f"is {other.name}'s manifest project: an app's source and the charts need projects of their own",
                     f"{app.name}-app",
                 )
