@@ -6,7 +6,8 @@ Static counts, read off the rendered `.gitlab-ci.yml` of each mode (no runner ne
 * package installs per run (script lines that run a package manager);
 * network operations per run on the path that opens the first merge request: the runner's
   checkout of the app repository, each git command that talks to the manifest repository,
-  each merge request API call, the image push, and each dotenv artifact upload or download
+  each merge request API call, the image push, the deploy job's own clone of the app history, and
+  each artifact upload or download (the digest: a dotenv report before, a plain file now)
   (error paths, retries and the "update an open merge request" calls are left out);
 * the worst case from merge to sync on the demo stack without a webhook, 2 x
   `timeout.reconciliation` + jitter (the repo-server caches refs for one timeout), from the
@@ -36,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BRANCH_RULE = "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
 INSTALL = re.compile(r"\b(apk add|apt-get install|apt install|pip install|npm install)\b")
-GIT_NETWORK = re.compile(r"\bgit (clone|ls-remote|fetch|push)\b")
+GIT_NETWORK = re.compile(r"\bgit (?:\"\$@\" )?(clone|ls-remote|fetch|push)\b")
 # Argo CD's defaults when the stack sets nothing (argocd-cm docs: timeout.reconciliation 120s, jitter 60s).
 ARGO_DEFAULT_TIMEOUT, ARGO_DEFAULT_JITTER = 120, 60
 PREVIOUS = "b18478d^"
@@ -86,7 +87,11 @@ def count(document: dict[str, Any]) -> dict[str, Any]:
         add("package downloads", 2 * sum(len(INSTALL.findall(line)) for line in lines))
         if (job.get("variables") or {}).get("GIT_STRATEGY") != "none":
             add("runner checkout of the app")
-        add("git over SSH", len(GIT_NETWORK.findall(text)))
+        # The deploy job's own clone of the app history (HTTPS, with the job token).
+        app_clones = [line for line in lines if "CI_REPOSITORY_URL" in line and GIT_NETWORK.search(line)]
+        if app_clones:
+            add("clone of the app history", len(app_clones))
+        add("git over SSH", sum(len(GIT_NETWORK.findall(line)) for line in lines if line not in app_clones))
         # Merge request API: direct curl calls, or calls of a function that (through others) runs
         # curl; a function that runs several counts once, for the create call of a first MR.
         definitions = {
@@ -108,9 +113,9 @@ def count(document: dict[str, Any]) -> dict[str, Any]:
         add("merge request API", api_calls)
         if "push=true" in text:
             add("image push")
-        if (job.get("artifacts") or {}).get("reports", {}).get("dotenv"):
-            add("dotenv upload")
-        add("dotenv download", sum(1 for need in job.get("needs", []) if isinstance(need, dict) and need.get("artifacts")))
+        if job.get("artifacts"):
+            add("artifact upload")
+        add("artifact download", sum(1 for need in job.get("needs", []) if isinstance(need, dict) and need.get("artifacts")))
     return {"job_starts": len(jobs), "package_installs": installs, "network_operations": network, "detail": detail}
 
 

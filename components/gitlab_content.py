@@ -157,6 +157,7 @@ class DeliveryPipelineArgs:
     stack: str
     enterprise: bool
     build_runner_tags: tuple[str, ...] = ()
+    build_check_runner_tags: tuple[str, ...] = ()
     # buildCacheRepository: "" for the app project's registry, "off" for none.
     cache_repository: str = ""
     # Protect the default cache so that only maintainers' pipelines write it (gitlab_host.protect_build_cache).
@@ -190,6 +191,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     deploy_branch=deploy_branch(args.stack, args.suffix),
                     merge_request_via=args.merge_request_via,
                     build_runner_tags=args.build_runner_tags,
+                    build_check_runner_tags=args.build_check_runner_tags,
                     cache_repository=args.cache_repository,
                 )
             )

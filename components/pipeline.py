@@ -15,7 +15,27 @@ bot branch (`DEPLOY_BRANCH`) and opens or updates that branch's single merge req
   updates) the merge request as the deploy key's owner and no API token is needed.
 
 The job never proposes a build older than the one already proposed or deployed: the chart
-records the app commit, and an ancestry check on the app repository decides.
+records the app commit, and an ancestry check on the app repository decides three ways
+(older: propose; newer: leave alone; unrelated or unknown: fail and ask a person).
+
+Trust between the jobs. `build-image` and `build-check` run the app's own Dockerfile, and in
+BuildKit's no-sandbox mode a `RUN` step shares the job's PID namespace and may outlive the
+build, so anything those jobs can write is the app developers' input: their artifacts, their
+environment, and the runner's working copy of the app (which a Docker runner keeps in a volume
+for the next job of the project). `update-manifest`, which holds `SSH_PRIVATE_KEY` and
+`GITLAB_PRIVATE_TOKEN`, therefore:
+
+- takes one value from the build, the digest, as a plain artifact file (never a dotenv report,
+  whose lines GitLab turns into variables that outrank the job's own, `GIT_CONFIG_*`,
+  `LD_PRELOAD` and `CI_API_V4_URL` included) and accepts it only as `sha256:` and 64 hex digits;
+- computes the image tag itself from `$CI_COMMIT_REF_SLUG` and `$CI_COMMIT_SHORT_SHA`;
+- never uses the runner's checkout (`GIT_STRATEGY: none`): it clones the default branch's
+  history into a fresh directory of its own, so no planted `.git/config` or hook runs there;
+- runs no code from the app repository and reads no cache.
+
+`build-check` runs unreviewed merge-request code, so it never carries `buildRunnerTags`: it goes
+to `buildCheckRunnerTags` (default: any runner that takes untagged jobs). The build runners
+should be protected runners that take no untagged jobs (README, "Security model").
 """
 
 from __future__ import annotations
@@ -66,8 +86,11 @@ VARIABLE_ENVIRONMENTS: dict[str, str] = {
 # Push options the pipeline never sends: they would merge without a person.
 MERGE_PUSH_OPTIONS = ("merge_request.merge_when_pipeline_succeeds", "merge_request.auto_merge")
 
-# The dotenv report build-image hands to update-manifest: the digest it pushed.
-BUILD_DOTENV = "build.env"
+# The artifact file build-image hands to update-manifest: the digest it pushed, one line. A plain
+# file, not a dotenv report, so no line of it becomes a variable of the job holding the deploy key.
+DIGEST_FILE = "gitops-image-digest"
+# Its exact size: "sha256:", 64 hex digits and a newline.
+DIGEST_FILE_BYTES = 72
 
 # GitLab answers a push whose merge request options failed with this warning, and exit 0.
 PUSH_OPTIONS_ERROR = "Error encountered with push options"
@@ -131,6 +154,9 @@ class PipelineSpec:
     # Runner tags for the build job, which needs a runner that allows BuildKit rootless
     # (privileged, or seccomp and AppArmor unconfined); empty: any runner.
     build_runner_tags: tuple[str, ...] = ()
+    # Runner tags for the merge-request build check, which runs unreviewed code: never the build
+    # job's (a runner takes every job whose tags are a subset of its own); empty: untagged.
+    build_check_runner_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.merge_request_via not in MERGE_REQUEST_VIA:
@@ -162,8 +188,13 @@ class PipelineSpec:
             raise ValueError(f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}")
         if not self.bot_name.strip() or "@" not in self.bot_email:
             raise ValueError("bot_name and bot_email must identify the committer")
-        if any(not isinstance(tag, str) or not tag.strip() for tag in self.build_runner_tags):
-            raise ValueError("build_runner_tags must be non-empty strings")
+        for name in ("build_runner_tags", "build_check_runner_tags"):
+            if any(not isinstance(tag, str) or not tag.strip() for tag in getattr(self, name)):
+                raise ValueError(f"{name} must be non-empty strings")
+        if self.build_check_runner_tags and set(self.build_check_runner_tags) <= set(self.build_runner_tags):
+            raise ValueError(
+                "build_check_runner_tags must not be a subset of build_runner_tags: a build runner would take the check"
+            )
         if self.network_retries < 1 or self.retry_delay_seconds < 0:
             raise ValueError("network_retries must be >= 1 and retry_delay_seconds >= 0")
         # It is spliced into a JSON document inside a printf format string.
@@ -190,13 +221,35 @@ def _check_tag() -> str:
 
 
 def _check_digest() -> str:
-    # Handed over from build-image's dotenv report; the chart deploys exactly this digest.
+    # The digest the build job read from BuildKit's metadata file; the chart deploys exactly this.
     return (
         'case "$IMAGE_DIGEST" in sha256:*) ;; *) echo "IMAGE_DIGEST is missing or not a sha256 digest:'
-        ' \\"$IMAGE_DIGEST\\" (build-image records it in its dotenv report)" >&2; exit 1;; esac; '
+        ' \\"$IMAGE_DIGEST\\"" >&2; exit 1;; esac; '
         'case "${IMAGE_DIGEST#sha256:}" in *[!0-9a-f]*) '
         'echo "IMAGE_DIGEST is not hexadecimal: $IMAGE_DIGEST" >&2; exit 1;; esac; '
         'if [ "${#IMAGE_DIGEST}" -ne 71 ]; then echo "IMAGE_DIGEST has the wrong length: $IMAGE_DIGEST" >&2; exit 1; fi'
+    )
+
+
+def _read_digest() -> str:
+    # The build's artifact is the app developers' input: a regular file (a symlink could point at
+    # this job's key file) of exactly one line, `sha256:` and 64 lowercase hex digits. Anything else
+    # fails the job; the bad value is shown only as printable characters. Relative: the job starts in
+    # the project directory, where GitLab puts the artifacts (as the build job writes it).
+    where = f"./{DIGEST_FILE}"
+    bad = f'echo "{DIGEST_FILE} from {JOB_BUILD}'
+    return (
+        f'if [ -L "{where}" ] || [ ! -f "{where}" ]; then {bad} is missing or not a regular file;'
+        ' re-run the pipeline" >&2; exit 1; fi; '
+        f'DIGEST_BYTES="$(wc -c < "{where}" | tr -dc 0-9)"; '
+        f'if [ "$DIGEST_BYTES" != {DIGEST_FILE_BYTES} ]; then {bad} has $DIGEST_BYTES bytes, not {DIGEST_FILE_BYTES}'
+        ' (one line: sha256: and 64 hex digits)" >&2; exit 1; fi; '
+        f'IMAGE_DIGEST="$(head -n 1 "{where}")"; '
+        'case "$IMAGE_DIGEST" in sha256:*) ;; *) IMAGE_DIGEST=bad;; esac; '
+        'case "${IMAGE_DIGEST#sha256:}" in *[!0-9a-f]*) IMAGE_DIGEST=bad;; esac; '
+        'if [ "${#IMAGE_DIGEST}" -ne 71 ]; then '
+        f"{bad} is not sha256: and 64 hex digits:"
+        f' \\"$(head -c {DIGEST_FILE_BYTES} "{where}" | tr -c \'[:alnum:]:=_.-\' \'?\')\\"" >&2; exit 1; fi'
     )
 
 
@@ -249,8 +302,8 @@ def build_script(spec: PipelineSpec) -> list[str]:
         _check_digest(),
         # Relative: the job runs in the project directory, where GitLab collects artifacts. Not a
         # secret, and readable by a helper that uploads as another user (umask 077 above).
-        f'echo "IMAGE_DIGEST=$IMAGE_DIGEST" > {BUILD_DOTENV}',
-        f"chmod 644 {BUILD_DOTENV}",
+        f"printf '%s\\n' \"$IMAGE_DIGEST\" > {DIGEST_FILE}",
+        f"chmod 644 {DIGEST_FILE}",
         'echo "Pushed $IMAGE_REPOSITORY:$IMAGE_TAG@$IMAGE_DIGEST"',
     ]
 
@@ -283,25 +336,70 @@ def chart_helpers() -> list[str]:
     ]
 
 
+def _clone_app_history() -> list[str]:
+    # The default branch's history, fetched by this job into a directory of its own: the runner's
+    # checkout may hold a `.git/config` or hooks that a build left there, and git runs those. Bare,
+    # one branch, no tags: a commit rewritten away but still tagged is not history.
+    return [
+        "set --",
+        # A self-managed GitLab with its own CA: the runner hands the job that CA as a file.
+        'if [ -n "${CI_SERVER_TLS_CA_FILE:-}" ]; then set -- -c "http.sslCAInfo=$CI_SERVER_TLS_CA_FILE"; fi',
+        'APP_GIT="$WORK_DIR/app.git"',
+        (
+            'retry git "$@" clone --quiet --bare --single-branch --no-tags --branch "$CI_DEFAULT_BRANCH"'
+            ' "$CI_REPOSITORY_URL" "$APP_GIT"'
+        ),
+        'APP_HEAD="$(git --git-dir "$APP_GIT" rev-parse --verify "refs/heads/$CI_DEFAULT_BRANCH^{commit}")"',
+        (
+            'if ! git --git-dir "$APP_GIT" merge-base --is-ancestor "$CI_COMMIT_SHA" "$APP_HEAD"; then'
+            ' echo "$CI_COMMIT_SHA is no longer on $CI_DEFAULT_BRANCH (its history was rewritten); nothing to propose" >&2;'
+            " exit 1; fi"
+        ),
+    ]
+
+
+def ancestry_helpers() -> list[str]:
+    """Shell helpers that decide, on the app history in "$APP_GIT", whether this build is newer than a recorded one."""
+    return [_newer_than()]
+
+
+def _newer_than() -> str:
+    # newer_than COMMIT WHERE: succeeds if this pipeline's commit descends from COMMIT (the one
+    # WHERE already carries); fails quietly if COMMIT descends from it (a newer build is there);
+    # stops the job for anything else (a commit not in the default branch's history, or one
+    # that is neither): only a person can tell which build should run.
+    unrelated = (
+        f"on $DEPLOY_BRANCH, delete the branch; on $MANIFEST_DEFAULT_BRANCH, set {COMMIT_ANNOTATION} in $CHART_FILE"
+        " to a commit of the default branch through a merge request; then re-run this job"
+    )
+    return (
+        'newer_than() { if [ -z "$1" ]; then return 0; fi; '
+        'if [ "$1" = "$CI_COMMIT_SHA" ]; then echo "$2 already carries $CI_COMMIT_SHA"; return 1; fi; '
+        'if ! git --git-dir "$APP_GIT" cat-file -e "$1^{commit}" 2>/dev/null'
+        ' || ! git --git-dir "$APP_GIT" merge-base --is-ancestor "$1" "$APP_HEAD"; then '
+        f'echo "$2 carries app commit $1, which is not in the default branch history (rewritten or from elsewhere); {unrelated}"'
+        " >&2; exit 1; fi; "
+        'if git --git-dir "$APP_GIT" merge-base --is-ancestor "$1" "$CI_COMMIT_SHA"; then return 0; fi; '
+        'if git --git-dir "$APP_GIT" merge-base --is-ancestor "$CI_COMMIT_SHA" "$1"; then '
+        'echo "$2 carries app commit $1, which is newer than $CI_COMMIT_SHA: leaving it alone"; return 1; fi; '
+        f'echo "$2 carries app commit $1, which is neither older nor newer than $CI_COMMIT_SHA; {unrelated}" >&2; exit 1; }}'
+    )
+
+
 def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
-    """before_script lines of the deploy job: checks, helpers and the SSH setup."""
+    """before_script lines of the deploy job: checks, helpers, the SSH setup and the app's history."""
     return [
         _retry_function(),
-        _check_tag(),
-        _check_digest(),
         'case "$CI_COMMIT_SHA" in ""|*[!0-9a-f]*) echo "CI_COMMIT_SHA is not a commit id: $CI_COMMIT_SHA" >&2; exit 1;; esac',
-        # The job starts in the app checkout, which the ancestry check reads. GIT_DEPTH 0 does not
-        # deepen a shallow checkout a runner reuses (fetch strategy), and in a shallow one every
-        # older commit looks unrelated: deepen it, or stop.
-        'APP_DIR="$PWD"',
-        (
-            'if [ "$(git -C "$APP_DIR" rev-parse --is-shallow-repository)" = true ]'
-            ' && ! git -C "$APP_DIR" fetch --quiet --unshallow; then'
-            ' echo "The app checkout is shallow and could not be deepened; clear the runner\'s cache" >&2; exit 1; fi'
-        ),
+        # The tag this job computes itself, from predefined variables only.
+        'IMAGE_TAG="$CI_COMMIT_REF_SLUG-$CI_COMMIT_SHORT_SHA"',
+        _check_tag(),
+        _read_digest(),
         "umask 077",
         'WORK_DIR="$(mktemp -d)"',
         "trap 'rm -rf \"$WORK_DIR\"' EXIT",
+        # Nothing below reads the runner's working directory again.
+        'cd "$WORK_DIR"',
         # Copies with tight modes: ssh refuses a group/world-readable key.
         'cp "$SSH_PRIVATE_KEY" "$WORK_DIR/id_key"',
         'chmod 400 "$WORK_DIR/id_key"',
@@ -314,19 +412,8 @@ def update_manifest_before_script(spec: PipelineSpec) -> list[str]:
             ' -o ConnectTimeout=20"'
         ),
         *chart_helpers(),
-        # newer_than COMMIT WHERE: succeeds if this pipeline's commit descends from COMMIT (the one
-        # WHERE already carries). The job clones the app's full history (GIT_DEPTH 0), so a commit
-        # it does not know was rewritten away: a person must decide, so the job fails.
-        (
-            'newer_than() { if [ -z "$1" ]; then return 0; fi; '
-            'if [ "$1" = "$CI_COMMIT_SHA" ]; then echo "$2 already carries $CI_COMMIT_SHA"; return 1; fi; '
-            'if ! git -C "$APP_DIR" cat-file -e "$1^{commit}" 2>/dev/null; then '
-            f'echo "$2 carries app commit $1, which is not in the default branch history; on $DEPLOY_BRANCH, delete'
-            f' the branch; on $MANIFEST_DEFAULT_BRANCH, set {COMMIT_ANNOTATION} in $CHART_FILE through a merge request"'
-            " >&2; exit 1; fi; "
-            'if git -C "$APP_DIR" merge-base --is-ancestor "$1" "$CI_COMMIT_SHA"; then return 0; fi; '
-            'echo "$2 carries app commit $1, which is not older than $CI_COMMIT_SHA: leaving it alone"; return 1; }'
-        ),
+        *_clone_app_history(),
+        *ancestry_helpers(),
     ]
 
 
@@ -584,8 +671,8 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
     def build_variables() -> dict[str, str]:
         return {"BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox"}
 
-    def runner_tags() -> dict[str, list[str]]:
-        return {"tags": list(spec.build_runner_tags)} if spec.build_runner_tags else {}
+    def runner_tags(tags: tuple[str, ...]) -> dict[str, list[str]]:
+        return {"tags": list(tags)} if tags else {}
 
     return {
         "stages": list(pipeline_stages(spec)),
@@ -599,15 +686,15 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "timeout": JOB_TIMEOUTS[JOB_BUILD],
             "retry": _runner_retry(),
             "script": build_script(spec),
-            # The digest it pushed, for update-manifest.
-            "artifacts": {"reports": {"dotenv": BUILD_DOTENV}},
-            **runner_tags(),
+            # The digest it pushed, for update-manifest: a plain file, never a dotenv report.
+            "artifacts": {"paths": [DIGEST_FILE]},
+            **runner_tags(spec.build_runner_tags),
         },
         JOB_UPDATE_MANIFEST: {
             "stage": STAGE_UPDATE_MANIFEST,
             "image": spec.tools_image,
-            # The whole app history: the ancestry check compares this commit with the proposed one.
-            "variables": {"GIT_DEPTH": "0"},
+            # No checkout: the job clones the app's history itself (_clone_app_history).
+            "variables": {"GIT_STRATEGY": "none"},
             "rules": _rules(),
             "needs": [{"job": JOB_BUILD, "artifacts": True}],
             # The only job that receives SSH_PRIVATE_KEY and GITLAB_PRIVATE_TOKEN (VARIABLE_ENVIRONMENTS).
@@ -631,7 +718,8 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "timeout": JOB_TIMEOUTS[JOB_BUILD_CHECK],
             "retry": _runner_retry(),
             "script": build_check_script(spec),
-            **runner_tags(),
+            # Unreviewed code: never on the build runners (buildCheckRunnerTags, README "Security model").
+            **runner_tags(spec.build_check_runner_tags),
         },
     }
 

@@ -235,8 +235,17 @@ KEYS: tuple[Key, ...] = (
     Key(
         "buildRunnerTags",
         "array",
-        "Runner tags for the image build job (a runner that allows BuildKit rootless); empty: any runner.",
+        "Runner tags for the image build job (a runner that allows BuildKit rootless); empty: any runner. Make"
+        " those runners protected, taking no untagged jobs (README, Security model).",
         '["buildkit"]',
+        default=[],
+    ),
+    Key(
+        "buildCheckRunnerTags",
+        "array",
+        "Runner tags for the merge-request build check, which runs unreviewed code; never the build runners'."
+        " Empty: any runner that takes untagged jobs.",
+        '["buildkit-untrusted"]',
         default=[],
     ),
     Key("hideCiVariables", "boolean", "Also hide masked CI variables (GitLab 17.6 and later).", "false", default=False),
@@ -396,6 +405,7 @@ class AppSettings:
     auto_promotion_seconds: int = 0
     merge_request_via: str = "push-options"
     build_runner_tags: tuple[str, ...] = ()
+    build_check_runner_tags: tuple[str, ...] = ()
     # True for the app of a single-app stack (and an `apps` entry that keeps those names): its
     # resources, branches, titles and token names are the ones a single-app stack has always had.
     single_app_names: bool = True
@@ -603,12 +613,13 @@ APP_FIELDS: dict[str, str] = {
     "blueGreenAutoPromotionSeconds": "blueGreenAutoPromotionSeconds",
     "mergeRequestVia": "mergeRequestVia",
     "buildRunnerTags": "buildRunnerTags",
+    "buildCheckRunnerTags": "buildCheckRunnerTags",
 }
 APP_FIELDS_BY_KEY: dict[str, str] = {key: field for field, key in APP_FIELDS.items()}
 # An `apps` entry that takes over a single-app stack's resources without renaming any of them.
 KEEP_NAMES_FIELD = "keepSingleAppNames"
 # Stack-wide keys an `apps` entry may override; the other fields replace single-app keys.
-APP_INHERITED_KEYS = ("mergeRequestVia", "buildRunnerTags")
+APP_INHERITED_KEYS = ("mergeRequestVia", "buildRunnerTags", "buildCheckRunnerTags")
 SINGLE_APP_KEYS = tuple(key for key in APP_FIELDS.values() if key not in APP_INHERITED_KEYS)
 APPS_EXAMPLE = '[{"name": "orders", "namespace": "orders"}]'
 
@@ -681,9 +692,19 @@ def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: s
     via = r.string("mergeRequestVia") or ""
     r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
     runner_tags = r.lines("buildRunnerTags")
-    for tag in runner_tags:
-        if len(tag) > 255 or "," in tag:
-            r.bad("buildRunnerTags", f"has a tag GitLab cannot hold: {tag[:40]!r}")
+    check_tags = r.lines("buildCheckRunnerTags")
+    for key, tags in (("buildRunnerTags", runner_tags), ("buildCheckRunnerTags", check_tags)):
+        for tag in tags:
+            if len(tag) > 255 or "," in tag:
+                r.bad(key, f"has a tag GitLab cannot hold: {tag[:40]!r}")
+    if check_tags and set(check_tags) <= set(runner_tags):
+        # A runner takes every job whose tags are a subset of its own (gitlab-org/gitlab-ce#47387).
+        r.bad(
+            "buildCheckRunnerTags",
+            "must not be a subset of buildRunnerTags: every build runner could then take a merge request's"
+            " unreviewed build, and the next trusted build runs on what it left behind",
+            '["buildkit-untrusted"]',
+        )
 
     user, organization = owner.user, owner.organization
     image = r.string("imageRepository") or f"docker.io/{organization or user or 'user'}/{app_name}"
@@ -728,6 +749,7 @@ def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: s
         auto_promotion_seconds=auto_promotion,
         merge_request_via=via,
         build_runner_tags=runner_tags,
+        build_check_runner_tags=check_tags,
         single_app_names=single_app_names,
         config_path=config_path,
     )

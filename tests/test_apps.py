@@ -141,6 +141,10 @@ def test_the_single_app_keys_are_one_app_with_its_old_names() -> None:
         ),
         ([{"name": "orders", "port": "http"}], ["apps[0].port"]),
         ([{"name": "orders", "buildRunnerTags": "buildkit"}], ["apps[0].buildRunnerTags"]),
+        (
+            [{"name": "orders", "buildRunnerTags": ["buildkit", "x"], "buildCheckRunnerTags": ["buildkit"]}],
+            ["apps[0].buildCheckRunnerTags"],
+        ),
         ([{"name": "orders"}, {"name": "billing", "namespace": "orders"}], ["apps[1].namespace"]),
         ([{"name": "orders"}, {"name": "billing", "appProject": "orders-app"}], ["apps[1].appProject"]),
         ([{"name": "orders", "manifestProject": "c"}, {"name": "billing", "manifestProject": "c"}], ["apps[1].chartPath"]),

@@ -309,7 +309,12 @@ def test_build_runner_tags_reach_the_committed_pipeline(program: Callable[..., R
     run = program({"buildRunnerTags": '["buildkit"]'})
     document = yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])
     assert document["build-image"]["tags"] == ["buildkit"]
+    # Merge requests' unreviewed builds stay off the build runners, or go where buildCheckRunnerTags says.
+    assert "tags" not in document["build-check"]
     assert "tags" not in yaml.safe_load(dev.named("pipeline-file")["inputs"]["content"])["build-image"]
+    both = program({"buildRunnerTags": '["buildkit"]', "buildCheckRunnerTags": '["untrusted"]'})
+    document = yaml.safe_load(both.named("pipeline-file")["inputs"]["content"])
+    assert document["build-image"]["tags"] == ["buildkit"] and document["build-check"]["tags"] == ["untrusted"]
 
 
 def starter_files(run: Run) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -33,7 +33,7 @@ import yaml
 
 from components.chart import COMMIT_ANNOTATION, DIGEST_ANNOTATION, ChartSpec, render_chart
 from components.pipeline import (
-    BUILD_DOTENV,
+    DIGEST_FILE,
     ENVIRONMENT_MANIFEST,
     JOB_BUILD,
     JOB_BUILD_CHECK,
@@ -177,17 +177,21 @@ def test_document_shape(mode: str) -> None:
     assert re.fullmatch(r"moby/buildkit:v0\.(\d+)\.\d+-rootless@sha256:[0-9a-f]{64}", build["image"]["name"])
     assert build["variables"]["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"
     assert build["interruptible"] is True
-    assert build["artifacts"] == {"reports": {"dotenv": BUILD_DOTENV}}
+    # The digest as a plain file: no dotenv report, whose lines would become update-manifest's variables.
+    assert build["artifacts"] == {"paths": [DIGEST_FILE]}
     update = document[JOB_UPDATE_MANIFEST]
     assert update["needs"] == [{"job": JOB_BUILD, "artifacts": True}]
-    # Full app history for the ancestry check; one writer of the deploy branch at a time.
-    assert update["variables"] == {"GIT_DEPTH": "0"}
+    # No checkout of the runner's (the job clones the app's history itself); one writer of the
+    # deploy branch at a time.
+    assert update["variables"] == {"GIT_STRATEGY": "none"}
     assert update["resource_group"]
     assert update["environment"] == {"name": ENVIRONMENT_MANIFEST, "action": "prepare"}
     assert re.fullmatch(r"buildpack-deps:[a-z]+-scm@sha256:[0-9a-f]{64}", update["image"])
-    clone = [line for line in update["script"] if " clone " in line]
-    assert len(clone) == 1
-    assert '--depth 1 --branch "$MANIFEST_DEFAULT_BRANCH"' in clone[0]
+    clones = [line for line in [*update["before_script"], *update["script"]] if " clone " in line]
+    assert len(clones) == 2
+    assert '--depth 1 --branch "$MANIFEST_DEFAULT_BRANCH" "$MANIFEST_SSH_URL"' in clones[1]
+    # The app's history: its default branch only, no tags, from GitLab rather than the runner's copy.
+    assert '--bare --single-branch --no-tags --branch "$CI_DEFAULT_BRANCH" "$CI_REPOSITORY_URL"' in clones[0]
     assert "ssh-keyscan" not in render_pipeline(spec)
 
 
@@ -691,7 +695,7 @@ def chart_at(bare: Path, ref: str) -> dict[str, Any]:
 
 @dataclass
 class AppRepo:
-    """The app project's repository with real history, as a runner checks it out (GIT_DEPTH 0)."""
+    """The app project's repository on GitLab, with real history."""
 
     path: Path
 
@@ -773,14 +777,16 @@ class Runner:
         for source in (document["variables"], document[job].get("variables", {})):
             for key, value in source.items():
                 env[key] = _expand(str(value), env)
-        # `needs: artifacts` hands the build's dotenv report over, as GitLab does.
-        dotenv = self.project_dir / BUILD_DOTENV
-        if any(need["job"] == JOB_BUILD for need in document[job].get("needs", [])) and dotenv.exists():
-            for line in dotenv.read_text().splitlines():
-                key, _, value = line.partition("=")
-                env[key] = value
         env.update(self.secrets)
         env.update(self.overrides)
+        # `needs: artifacts` hands a needed job's dotenv report over as variables, as GitLab does,
+        # above the job's own and predefined ones (none is expected: see the hostile-build tests).
+        for need in document[job].get("needs", []):
+            dotenv = ((document[need["job"]].get("artifacts") or {}).get("reports") or {}).get("dotenv")
+            if need.get("artifacts") and dotenv and (self.project_dir / dotenv).is_file():
+                for line in (self.project_dir / dotenv).read_text().splitlines():
+                    key, _, value = line.partition("=")
+                    env[key] = value
         return env
 
     def run(self, job: str) -> JobRun:
@@ -799,10 +805,17 @@ class Runner:
             assert secret not in run.stdout + run.stderr, f"{job} printed a secret"
         return run
 
-    def deliver(self) -> JobRun:
-        """The default branch's pipeline: build-image, then update-manifest with its digest."""
+    def deliver(self, after_build: Callable[[Path], None] | None = None) -> JobRun:
+        """The default branch's pipeline: build-image, then update-manifest with its digest.
+
+        Both run in one project directory, as on a Docker runner that keeps the project's
+        working copy in a volume; ``after_build`` stands for what a build step left running does
+        to that directory once the build job has ended.
+        """
         build = self.run(JOB_BUILD)
         assert build.returncode == 0, build.stderr
+        if after_build is not None:
+            after_build(self.project_dir)
         return self.run(JOB_UPDATE_MANIFEST)
 
 
@@ -831,6 +844,10 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         hosts_file = tmp_path / f"SSH_KNOWN_HOSTS-{index}"
         shutil.copy(known_hosts or ssh_server.known_hosts, hosts_file)
         spec = make_spec(manifest_ssh_url=ssh_server.url(manifest.bare), merge_request_via=merge_request_via, **spec_overrides)
+        # The runner's working copy of the app, apart from GitLab's repository (file:// stands in).
+        checkout = tmp_path / f"checkout-{index}"
+        git("clone", "-q", f"file://{app.path}", str(checkout))
+        git("checkout", "-q", "--detach", commit, cwd=checkout)
         secrets = {
             "SSH_PRIVATE_KEY": str(key_file),
             "SSH_KNOWN_HOSTS": str(hosts_file),
@@ -839,7 +856,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
         }
         return Runner(
             spec=spec,
-            project_dir=app.path,
+            project_dir=checkout,
             home=home,
             # Only what the project must define: a job reading anything else would fail here.
             secrets={name: secrets[name] for name in required_variables(spec)},
@@ -853,6 +870,7 @@ def runner_factory(tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeReque
                 "CI_COMMIT_SHORT_SHA": commit[:8],
                 "CI_COMMIT_SHA": commit,
                 "CI_API_V4_URL": mr_api.base_url,
+                "CI_REPOSITORY_URL": f"file://{app.path}",
             },
             # Keep the retry loop bounded but quick under test.
             overrides={"RETRY_DELAY": "0"},
@@ -935,7 +953,7 @@ def test_an_older_build_never_replaces_a_newer_one(tmp_path: Path, runner_factor
     # The older commit's pipeline finishes last.
     late = runner_factory(manifest, app, older).deliver()
     assert late.returncode == 0, late.stderr
-    assert f"carries app commit {newer}, which is not older than {older}" in late.stdout
+    assert f"carries app commit {newer}, which is newer than {older}: leaving it alone" in late.stdout
     assert refs(manifest.bare) == proposed
     assert_proposes(manifest, newer)
     assert len(mr_api.creates()) == 1
@@ -1106,24 +1124,6 @@ def test_a_branch_named_like_the_deploy_branch_is_not_mistaken_for_it(
     assert_proposes(manifest, commit)
 
 
-def test_a_shallow_checkout_is_deepened_before_the_ancestry_check(
-    tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
-) -> None:
-    manifest = seed_manifest(tmp_path)
-    app = make_app(tmp_path)
-    older = app.commit("older")
-    newer = app.commit("newer")
-    assert runner_factory(manifest, app, older).deliver().returncode == 0
-    # A runner's reused checkout from a depth-1 fetch: the older commit is not in it.
-    shallow = AppRepo(tmp_path / "shallow")
-    git("clone", "-q", "--depth", "1", f"file://{app.path}", str(shallow.path))
-    assert git("rev-parse", "--is-shallow-repository", cwd=shallow.path).strip() == "true"
-    run = runner_factory(manifest, shallow, newer).deliver()
-    assert run.returncode == 0, run.stderr
-    assert git("rev-parse", "--is-shallow-repository", cwd=shallow.path).strip() == "false"
-    assert_proposes(manifest, newer)
-
-
 def test_a_rejected_token_fails(tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi) -> None:
     manifest = seed_manifest(tmp_path)
     app = make_app(tmp_path)
@@ -1279,9 +1279,9 @@ def test_build_job_pushes_records_the_digest_and_caches_in_the_project_registry(
     assert dict(pairs)["--import-cache"] == f"type=registry,ref={cache}"
     opts = [value for flag, value in pairs if flag == "--opt"]
     assert opts == ["build-arg:COMMIT_HASH=1234abcd", "label:org.opencontainers.image.revision=1234abcd" + "0" * 32]
-    # The digest BuildKit reported goes to update-manifest through the dotenv report.
+    # The digest BuildKit reported goes to update-manifest as one line of a plain artifact file.
     digest = fake_digest("1234abcd" + "0" * 32)
-    assert (runner.project_dir / BUILD_DOTENV).read_text() == f"IMAGE_DIGEST={digest}\n"
+    assert (runner.project_dir / DIGEST_FILE).read_text() == f"{digest}\n"
     assert f"Pushed docker.io/acme/webapp:main-1234abcd@{digest}" in build.stdout
 
 
@@ -1299,13 +1299,13 @@ def test_build_job_without_a_registry_builds_without_a_cache(tmp_path: Path) -> 
 
 
 def test_build_job_fails_without_a_digest(tmp_path: Path) -> None:
-    # A BuildKit that wrote no metadata: nothing to pin, so no dotenv report and a failed job.
+    # A BuildKit that wrote no metadata: nothing to pin, so no digest file and a failed job.
     stub_dir = buildctl_stub(tmp_path, "exit 0")
     runner = build_runner(tmp_path, stub_dir, {"DOCKERHUB_TOKEN": DOCKERHUB_TOKEN}, "main")
     build = runner.run(JOB_BUILD)
     assert build.returncode != 0
     assert "IMAGE_DIGEST is missing" in build.stderr
-    assert not (runner.project_dir / BUILD_DOTENV).exists()
+    assert not (runner.project_dir / DIGEST_FILE).exists()
 
 
 def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
@@ -1324,14 +1324,20 @@ def test_build_check_builds_and_pushes_nothing(tmp_path: Path) -> None:
     assert not names & set(SECRET_VARIABLES)
 
 
-def test_build_runner_tags_go_to_the_build_jobs_only() -> None:
+def test_build_runner_tags_go_to_the_trusted_build_only() -> None:
     document = yaml.safe_load(render_pipeline(make_spec(build_runner_tags=("buildkit", "privileged"))))
     assert document[JOB_BUILD]["tags"] == ["buildkit", "privileged"]
-    assert document[JOB_BUILD_CHECK]["tags"] == ["buildkit", "privileged"]
+    # Merge requests run unreviewed Dockerfiles: never on the runners that build the default branch.
+    assert "tags" not in document[JOB_BUILD_CHECK]
     assert "tags" not in document[JOB_UPDATE_MANIFEST]
     assert "tags" not in yaml.safe_load(render_pipeline(make_spec()))[JOB_BUILD]
+    both = yaml.safe_load(render_pipeline(make_spec(build_runner_tags=("buildkit",), build_check_runner_tags=("untrusted",))))
+    assert both[JOB_BUILD]["tags"] == ["buildkit"] and both[JOB_BUILD_CHECK]["tags"] == ["untrusted"]
     with pytest.raises(ValueError, match="build_runner_tags"):
         make_spec(build_runner_tags=(" ",))
+    # A runner takes every job whose tags are a subset of its own.
+    with pytest.raises(ValueError, match="subset"):
+        make_spec(build_runner_tags=("buildkit", "privileged"), build_check_runner_tags=("buildkit",))
 
 
 # --------------------------------------------------------------------------- gitlab-ci-local runs
@@ -1341,7 +1347,7 @@ def test_build_runner_tags_go_to_the_build_jobs_only() -> None:
 def test_gitlab_ci_local_shell_run_of_the_pipeline(
     tmp_path: Path, ssh_server: SshServer, mr_api: FakeMergeRequestApi, mode: str
 ) -> None:
-    """gitlab-ci-local runs both jobs, handing the digest over in the dotenv report."""
+    """gitlab-ci-local runs both jobs, handing the digest over as a plain artifact file."""
     require_tool("rsync")  # gitlab-ci-local copies the checkout with it
     bare = tmp_path / "chart.git"
     app, tag = app_repo(tmp_path, make_spec(manifest_ssh_url=ssh_server.url(bare), merge_request_via=mode))
@@ -1366,6 +1372,9 @@ def test_gitlab_ci_local_shell_run_of_the_pipeline(
         "--force-shell-executor",
         "--variable",
         f"CI_API_V4_URL={mr_api.base_url}",
+        # GitLab's copy of the app repository, which update-manifest clones for the ancestry check.
+        "--variable",
+        f"CI_REPOSITORY_URL=file://{app}",
         JOB_BUILD,
         JOB_UPDATE_MANIFEST,
         path_prefix=stub_dir,

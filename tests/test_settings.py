@@ -180,6 +180,18 @@ def test_bad_config_registers_nothing(program: Callable[..., Run]) -> None:
     assert run.resources == []
 
 
+def test_the_build_check_never_shares_the_build_runners() -> None:
+    raw = valid()
+    raw.update(buildRunnerTags='["buildkit", "protected"]', buildCheckRunnerTags='["buildkit"]')
+    found = problems(raw)
+    assert found.keys == ["buildCheckRunnerTags"]
+    assert "subset of buildRunnerTags" in str(found) and '["buildkit-untrusted"]' in str(found)
+    raw.update(buildCheckRunnerTags='["buildkit-untrusted"]')
+    settings = parse_settings(raw, "dev", secret_keys=SECRET)
+    assert settings.apps[0].build_runner_tags == ("buildkit", "protected")
+    assert settings.apps[0].build_check_runner_tags == ("buildkit-untrusted",)
+
+
 def test_adopting_one_project_for_both_roles_is_rejected() -> None:
     raw = valid()
     raw.update(adoptAppProject="acme/webapp", adoptManifestProject="acme/webapp")
