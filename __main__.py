@@ -24,6 +24,7 @@ from components.argo_rollouts import ArgoRollouts, ArgoRolloutsArgs
 from components.argocd import ArgoCd, ArgoCdArgs
 from components.argocd_manifest import Overlays, prepare_objects
 from components.credentials import Credentials, CredentialsArgs
+from components.gitlab_ca import CaError, read_ca_bundle, tls_certs_key
 from components.gitlab_host import HostFacts, adoption_warnings, cache_warnings, host_problems
 from components.gitlab_projects import read_host
 from components.gitops_app import GitOpsApp, GitOpsAppArgs
@@ -72,12 +73,28 @@ class GitLabInstance:
     base_url: str | None
     cacert_file: str | None
     insecure: bool | None
+    # The PEM bundle cacert_file holds, which Argo CD must trust for the same host.
+    ca_bundle: str | None = None
+
+    def tls_certs(self) -> tuple[tuple[str, str], ...]:
+        """The argocd-tls-certs-cm entry for this instance's own CA, if it has one."""
+        if self.ca_bundle is None:
+            return ()
+        return ((tls_certs_key(gitlab_api_url(self.base_url)), self.ca_bundle),)
 
 
 def read_gitlab_instance() -> GitLabInstance:
-    """Read the provider's instance settings once."""
+    """Read the provider's instance settings once; a CA bundle Argo CD could not use stops the program."""
     config = pulumi.Config("gitlab")
-    return GitLabInstance(config.get("baseUrl"), config.get("cacertFile"), config.get_bool("insecure"))
+    base_url, cacert_file = config.get("baseUrl"), config.get("cacertFile")
+    try:
+        instance = GitLabInstance(
+            base_url, cacert_file, config.get_bool("insecure"), read_ca_bundle(cacert_file) if cacert_file else None
+        )
+        instance.tls_certs()
+    except CaError as exc:
+        raise pulumi.RunError(str(SettingsError([exc.problem]))) from None
+    return instance
 
 
 def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
@@ -232,6 +249,8 @@ argocd = ArgoCd(
                 external_url=argocd_settings.external_url,
                 extra_known_hosts=settings.gitlab.ssh_known_hosts,
                 notifications=tuple(notifications_config(feedback.spec).items()),
+                # Deploy feedback (and any HTTPS Git) verifies a self-managed GitLab by its own CA.
+                tls_certs=gitlab_instance.tls_certs(),
             ),
         ),
         read_admin_password=argocd_settings.read_admin_password,

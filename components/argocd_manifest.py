@@ -44,6 +44,8 @@ class Overlays:
     extra_known_hosts: tuple[str, ...] = field(default_factory=tuple)
     # Keys this program owns in argocd-notifications-cm (notifications.notifications_config).
     notifications: tuple[tuple[str, str], ...] = ()
+    # Host -> PEM CA bundle in argocd-tls-certs-cm (gitlab_ca): a self-managed GitLab's own CA.
+    tls_certs: tuple[tuple[str, str], ...] = ()
 
 
 def overlay_hash(overlays: Overlays) -> str:
@@ -99,6 +101,9 @@ def _prepare(source: dict[str, Any], namespace: str, overlays: Overlays) -> dict
     if kind == "ConfigMap" and name == "argocd-notifications-cm" and overlays.notifications:
         # Server-side apply owns only the keys sent: Argo CD's and the team's other keys stay.
         obj["data"] = {**(obj.get("data") or {}), **dict(overlays.notifications)}
+    if kind == "ConfigMap" and name == "argocd-tls-certs-cm" and overlays.tls_certs:
+        # Only these keys are sent; certificates others add for other hosts stay theirs.
+        obj["data"] = {**(obj.get("data") or {}), **dict(overlays.tls_certs)}
     if kind == "ConfigMap" and name == "argocd-ssh-known-hosts-cm" and overlays.extra_known_hosts:
         data = obj["data"] = dict(obj.get("data") or {})
         data["ssh_known_hosts"] = _merge_known_hosts(data.get("ssh_known_hosts", ""), overlays.extra_known_hosts)
