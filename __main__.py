@@ -26,7 +26,7 @@ from components.argocd_manifest import Overlays, prepare_objects
 from components.credentials import Credentials, CredentialsArgs
 from components.gitlab_ca import CaError, read_ca_bundle, tls_certs_key
 from components.gitlab_host import HostFacts, adoption_warnings, cache_warnings, host_problems
-from components.gitlab_projects import read_host
+from components.gitlab_projects import check_build_runners, read_host
 from components.gitops_app import GitOpsApp, GitOpsAppArgs
 from components.kubeconfig import read_contexts
 from components.manifest_repository import ManifestRepository, ManifestRepositoryArgs
@@ -109,6 +109,8 @@ def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
     for app in settings.apps:
         for warning in cache_warnings(host, app):
             pulumi.log.warn(warning)
+    # Runners that build the default branch must not also run merge requests' code or the deploy job.
+    check_build_runners(settings.apps)
     return host
 
 

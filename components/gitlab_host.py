@@ -301,6 +301,50 @@ def _app_warnings(app: ProjectRecord) -> list[str]:
     return warnings
 
 
+@dataclass(frozen=True)
+class RunnerRecord:
+    """A runner that can take the build job, as GET /runners/:id describes it."""
+
+    id: str
+    description: str
+    # "ref_protected": only jobs of protected branches and tags; "not_protected": any job.
+    access_level: str
+    # Whether it also takes jobs with no tags (update-manifest, and build-check by default).
+    untagged: bool
+
+
+def runner_warnings(tags: tuple[str, ...], runners: list[RunnerRecord]) -> list[str]:
+    """Where a build runner would also run unreviewed merge-request code or the deploy job.
+
+    A runner takes every job whose tags are a subset of its own, and untagged jobs only if it
+    accepts them (gitlab-org/gitlab-ce#47387); only a protected runner refuses jobs of
+    unprotected branches and merge requests (gitlab-org/gitlab-ce#33281).
+    """
+    warnings: list[str] = []
+    for runner in runners:
+        name = f"runner {runner.id} ({runner.description or 'no description'}), tagged {', '.join(tags)}"
+        if runner.access_level != "ref_protected":
+            warnings.append(
+                f"{name}, is not protected: it also runs merge requests' and unprotected branches' jobs, whose"
+                " Dockerfiles can take over the host the default branch's builds then run on. Set it to run"
+                " jobs of protected branches only (Settings > CI/CD > Runners > Edit > Protected)"
+            )
+        if runner.untagged:
+            warnings.append(
+                f"{name}, takes untagged jobs: update-manifest, which holds the deploy key, can run on the host"
+                " the builds run on. Clear 'Run untagged jobs' on it"
+            )
+    return warnings
+
+
+def runner_listing_warning(tags: tuple[str, ...], error: str) -> str:
+    """What to check by hand when the token cannot list the runners that take the build job."""
+    return (
+        f"cannot tell whether the runners tagged {', '.join(tags)} are protected ({error.splitlines()[0][:200]}): make"
+        " sure each is a protected runner that takes no untagged jobs (README, 'Security model')"
+    )
+
+
 def protection_args(enterprise: bool, push: str, merge: str) -> dict[str, Any]:
     """BranchProtection's access arguments for the instance's edition.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +14,14 @@ from components.gitlab_host import (
     STARTER_TOPIC,
     HostFacts,
     ProjectRecord,
+    RunnerRecord,
     adopted_paths,
     chart_file,
     ci_config_path,
     created_paths,
     parse_version,
+    runner_listing_warning,
+    runner_warnings,
     seed_starter_app,
 )
 from components.settings import AppSettings, GitLabSettings, ProjectSettings
@@ -246,3 +250,32 @@ def app_project(
             "ci_pipeline_variables_minimum_override_role": "no_one_allowed",
         },
     )
+
+
+def check_build_runners(apps: tuple[AppSettings, ...]) -> None:
+    """In `pulumi preview`, warn where a runner that takes the build job is not protected or takes untagged jobs.
+
+    `get_runners` lists only the runners the token may see (project and group runners it
+    maintains; every runner for an administrator) and carries no access level, so each one
+    found is read (GET /runners/:id, `UserRunner`: `access_level`, `untagged`). A token that
+    cannot list them gets a reminder instead. Reads happen in previews only, so a plan shows the
+    check and nothing is kept in the stack's state.
+    """
+    if not pulumi.runtime.is_dry_run():
+        return
+    for tags in sorted({app.build_runner_tags for app in apps if app.build_runner_tags}):
+        try:
+            listed = gitlab.get_runners(tag_lists=list(tags)).runners
+        except Exception as exc:
+            pulumi.log.warn(runner_listing_warning(tags, str(exc) or type(exc).__name__))
+            continue
+        for found in listed:
+            runner = gitlab.UserRunner.get(f"build-runner-{found.id}", str(found.id))
+            pulumi.Output.all(runner.access_level, runner.untagged).apply(
+                functools.partial(_warn_runner, tags, str(found.id), found.description or "")
+            )
+
+
+def _warn_runner(tags: tuple[str, ...], ident: str, description: str, values: list[Any]) -> None:
+    for warning in runner_warnings(tags, [RunnerRecord(ident, description, str(values[0] or ""), bool(values[1]))]):
+        pulumi.log.warn(warning)

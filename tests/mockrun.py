@@ -114,6 +114,39 @@ class GitLabWorld:
         self.enterprise = bool(world.get("enterprise", host == "gitlab.com"))
         self.version = str(world.get("version", "18.6.0-ee" if self.enterprise else "18.6.0"))
         self.projects: list[dict[str, Any]] = [dict(p) for p in world.get("projects", [])]
+        # Runners the token may see (id, description, tags, access_level, untagged), and the error
+        # GET /runners answers instead where it may see none (a non-administrator on /runners/all).
+        self.runners: list[dict[str, Any]] = [dict(r) for r in world.get("runners", [])]
+        self.runners_error = str(world.get("runners_error", ""))
+
+    def list_runners(self, tags: list[str]) -> list[dict[str, Any]]:
+        """GET /runners?tag_list=…: the visible runners carrying every tag asked for, without their access level."""
+        return [
+            {
+                "id": int(r["id"]),
+                "description": r.get("description", ""),
+                "isShared": r.get("type", "project_type") == "instance_type",
+                "online": True,
+                "paused": False,
+                "runnerType": r.get("type", "project_type"),
+                "status": "online",
+            }
+            for r in self.runners
+            if set(tags) <= set(r.get("tags", []))
+        ]
+
+    def runner(self, ident: str) -> dict[str, Any]:
+        """GET /runners/:id, as the provider's UserRunner reads it."""
+        found = next(r for r in self.runners if str(r["id"]) == ident)
+        return {
+            "runnerType": found.get("type", "project_type"),
+            "description": found.get("description", ""),
+            "accessLevel": found.get("access_level", "not_protected"),
+            "untagged": bool(found.get("untagged", False)),
+            "tagLists": list(found.get("tags", [])),
+            "paused": False,
+            "locked": False,
+        }
 
     def project(self, path: str) -> dict[str, Any]:
         """An existing project by full path: listed ones keep their flags, others exist as plain projects."""
@@ -210,6 +243,8 @@ class Mocks(pulumi_mocks.Mocks):
                 "metadata": {"name": args.resource_id.split("/")[-1], "namespace": args.resource_id.split("/")[0]},
                 "data": {"password": base64.b64encode(password.encode()).decode()},
             }
+        if args.resource_id and typ == "gitlab:index/userRunner:UserRunner":
+            return args.resource_id, self.world.runner(args.resource_id)
         if typ == "tls:index/privateKey:PrivateKey":
             private, public = _ed25519(_seed(name, trigger))
             state.update(private_key_openssh=private, public_key_openssh=public, private_key_pem=private)
@@ -260,6 +295,11 @@ class Mocks(pulumi_mocks.Mocks):
                 # What the provider reports for a missing file: go-gitlab's error for GitLab's 404.
                 return {}, [("filePath", f"GET {url}: 404 {{message: 404 File Not Found}}")]
             return found, []
+        if args.token == "gitlab:index/getRunners:getRunners":
+            if self.world.runners_error:
+                return {}, [("tagLists", self.world.runners_error)]
+            tags = list(args.args.get("tagLists") or [])
+            return {"id": "runners", "runners": self.world.list_runners(tags), "tagLists": tags}, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
             return {"id": "gitlab", "enterprise": self.world.enterprise, "version": self.world.version, "revision": "abc"}, []
         if args.token == "gitlab:index/getCurrentUser:getCurrentUser":

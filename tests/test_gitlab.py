@@ -317,6 +317,47 @@ def test_build_runner_tags_reach_the_committed_pipeline(program: Callable[..., R
     assert document["build-image"]["tags"] == ["buildkit"] and document["build-check"]["tags"] == ["untrusted"]
 
 
+BUILD_RUNNERS = [
+    {"id": 11, "description": "buildkit-protected", "tags": ["buildkit", "linux"], "access_level": "ref_protected"},
+    {"id": 12, "description": "buildkit-open", "tags": ["buildkit"], "access_level": "not_protected"},
+    {"id": 13, "description": "buildkit-untagged", "tags": ["buildkit"], "access_level": "ref_protected", "untagged": True},
+    {"id": 14, "description": "other", "tags": ["linux"], "access_level": "not_protected", "untagged": True},
+]
+
+
+def runner_warnings_in(run: Run) -> list[str]:
+    return [line for line in run.report["stderr"].splitlines() if "runner" in line and "tagged buildkit" in line]
+
+
+def test_preview_warns_about_build_runners_that_are_not_protected(program: Callable[..., Run]) -> None:
+    run = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS})
+    assert run.error is None, run.error
+    # Each runner that can take the build job is read for its access level; the others are not.
+    assert sorted(r["id"] for r in run.report["reads"] if r["type"] == "gitlab:index/userRunner:UserRunner") == ["11", "12", "13"]
+    warnings = runner_warnings_in(run)
+    assert len(warnings) == 2, warnings
+    assert any("runner 12 (buildkit-open)" in w and "is not protected" in w for w in warnings)
+    assert any("runner 13 (buildkit-untagged)" in w and "takes untagged jobs" in w for w in warnings)
+    assert not any("runner 11" in w or "runner 14" in w for w in warnings)
+    # `pulumi up` keeps no read of them in state, and an honest setup gets no warning.
+    up = program({"buildRunnerTags": '["buildkit"]'}, gitlab={"runners": BUILD_RUNNERS})
+    assert not any(r["type"] == "gitlab:index/userRunner:UserRunner" for r in up.report["reads"])
+    assert runner_warnings_in(up) == []
+    honest = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS[:1]})
+    assert runner_warnings_in(honest) == []
+
+
+def test_preview_says_what_to_check_when_the_token_cannot_list_runners(program: Callable[..., Run], dev: Run) -> None:
+    run = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners_error": "403 Forbidden"})
+    assert run.error is None, run.error
+    assert any(
+        "cannot tell whether the runners tagged buildkit are protected (" in line for line in run.report["stderr"].splitlines()
+    )
+    # Without buildRunnerTags nothing is asked.
+    plain = program(preview=True, gitlab={"runners_error": "403 Forbidden"})
+    assert not any(i["token"] == "gitlab:index/getRunners:getRunners" for i in plain.report["invokes"])
+
+
 def starter_files(run: Run) -> dict[str, dict]:
     return {r["inputs"]["filePath"]: r for r in run.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/")}
 
