@@ -269,6 +269,9 @@ def check_build_runners(apps: tuple[AppSettings, ...]) -> None:
         except Exception as exc:
             pulumi.log.warn(runner_listing_warning(tags, str(exc) or type(exc).__name__))
             continue
+        if not listed:
+            # Instance runners are listed for administrators only.
+            pulumi.log.warn(runner_listing_warning(tags, "this token sees no runner with these tags"))
         for found in listed:
             runner = gitlab.UserRunner.get(f"build-runner-{found.id}", str(found.id))
             pulumi.Output.all(runner.access_level, runner.untagged).apply(

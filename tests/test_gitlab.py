@@ -345,6 +345,10 @@ def test_preview_warns_about_build_runners_that_are_not_protected(program: Calla
     assert runner_warnings_in(up) == []
     honest = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS[:1]})
     assert runner_warnings_in(honest) == []
+    assert "cannot tell" not in honest.report["stderr"]
+    # None visible (an instance runner, listed for administrators only): what to check by hand.
+    unseen = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS[3:]})
+    assert "cannot tell whether the runners tagged buildkit are protected (this token sees no runner" in unseen.report["stderr"]
 
 
 def test_preview_says_what_to_check_when_the_token_cannot_list_runners(program: Callable[..., Run], dev: Run) -> None:
