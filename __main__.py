@@ -48,18 +48,32 @@ from components.rollouts import (
     needs_rollouts,
     prepare_rollouts,
 )
-from components.settings import KEYS, SecretStr, Settings, SettingsError, parse_settings
+from components.settings import KEYS, SecretStr, Settings, SettingsError, parse_settings, undeclared_problems
+
+
+def stack_config_keys() -> set[str]:
+    """Every key the stack's config holds, declared or not (``project:key``).
+
+    The CLI hands the program its whole config in the ``PULUMI_CONFIG`` environment (mocks and
+    the Automation API set it with ``set_all_config``), and accepts keys that Pulumi.yaml does
+    not declare (pulumi/pulumi `TestUntypedStackConfigValuesDoNeedProjectDeclaration`).
+    """
+    return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.get_config_env())
 
 
 def read_settings() -> Settings:
-    """Read every declared config key once and validate them together."""
+    """Read every declared config key once and validate them together, refusing keys nobody declares."""
     config = pulumi.Config()
     project = pulumi.get_project()
     raw = {key.name: config.get(key.name) for key in KEYS}
     secret_keys = {key.name for key in KEYS if pulumi.runtime.is_config_secret(f"{project}:{key.name}")}
     try:
         return parse_settings(
-            raw, pulumi.get_stack(), secret_keys=secret_keys, kube_contexts=read_contexts(os.environ, Path.home())
+            raw,
+            pulumi.get_stack(),
+            secret_keys=secret_keys,
+            kube_contexts=read_contexts(os.environ, Path.home()),
+            undeclared=undeclared_problems(stack_config_keys(), project),
         )
     except SettingsError as exc:
         # Raised before any resource is registered, so a bad key changes nothing.

@@ -9,6 +9,7 @@ reads every key in :data:`KEYS` once and hands the raw strings to
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import posixpath
 import re
@@ -810,8 +811,10 @@ def _parse_apps(r: _Reader, owner: _Owner, text: str, secret: bool) -> list[AppS
         if not isinstance(entry, dict):
             r.bad(path, "must be an object with at least a name", '{"name": "orders"}')
             continue
-        for field in sorted(set(entry) - set(APP_FIELDS) - {KEEP_NAMES_FIELD}):
-            r.bad(f"{path}.{field}", f"is not an app setting; an app takes {', '.join([*APP_FIELDS, KEEP_NAMES_FIELD])}", "name")
+        fields = [*APP_FIELDS, KEEP_NAMES_FIELD]
+        for field in sorted(set(entry) - set(fields)):
+            hint = did_you_mean(field, fields)
+            r.bad(f"{path}.{field}", f"is not an app setting{hint}; an app takes {', '.join(fields)}", "name")
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             r.bad(f"{path}.name", "is required: it names the app's Application, AppProject and chart", "orders")
@@ -974,20 +977,46 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
     return problems
 
 
+def did_you_mean(name: str, choices: Collection[str]) -> str:
+    """``"; did you mean `x`?"`` for the choice nearest ``name`` (by spelling, any case), or ``""``."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean `{by_lower[near[0]]}`?" if near else ""
+
+
+def undeclared_problems(keys: Collection[str], project: str) -> list[Problem]:
+    """Keys of this project's config namespace that the program does not declare (a misspelt key would
+    otherwise be ignored, and its default deployed). Other namespaces belong to their providers."""
+    problems: list[Problem] = []
+    declared = [key.name for key in KEYS]
+    for full in sorted(keys):
+        namespace, _, name = full.partition(":")
+        if namespace != project or name in KEYS_BY_NAME:
+            continue
+        hint = did_you_mean(name, declared)
+        example = hint.split("`")[1] if hint else "(remove it: `pulumi config rm KEY`)"
+        problems.append(Problem(name, f"is not a setting of this program{hint}", example))
+    return problems
+
+
 def parse_settings(
     raw: Mapping[str, str | None],
     stack: str,
     *,
     secret_keys: Collection[str],
     kube_contexts: KubeContexts | None = None,
+    undeclared: Collection[Problem] = (),
 ) -> Settings:
     """Validate raw config strings (key → value or None) into :class:`Settings`.
 
     ``secret_keys`` names the keys whose values were set as secrets; ``kube_contexts`` is
-    what the kubeconfig holds (None: not checked). Raises :class:`SettingsError` naming every
-    bad key (with its path in `apps`), the rule it breaks and an example.
+    what the kubeconfig holds (None: not checked); ``undeclared`` are the problems of keys the
+    stack sets but the program does not declare (:func:`undeclared_problems`). Raises
+    :class:`SettingsError` naming every bad key (with its path in `apps`), the rule it breaks and
+    an example.
     """
     r = _Reader(raw, secret_keys)
+    r.problems.extend(undeclared)
 
     version = r.string("argocdVersion") or ""
     if not _VERSION.match(version):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components import manifest_source
-from components.settings import KEYS, MASKABLE, SecretStr, SettingsError, docker_auth, parse_settings
+from components.settings import KEYS, MASKABLE, SecretStr, SettingsError, docker_auth, parse_settings, undeclared_problems
 from tests.conftest import TEST_DOCKERHUB_TOKEN, Run, base_config, shared_manifest
 from tests.tools import REPO_ROOT, SHARED
 
@@ -178,6 +178,37 @@ def test_bad_config_registers_nothing(program: Callable[..., Run]) -> None:
     assert run.error is not None
     assert "appNamespace" in run.error["message"] and "dockerhubToken" in run.error["message"]
     assert run.resources == []
+
+
+def test_an_undeclared_key_is_refused_with_the_nearest_setting(program: Callable[..., Run]) -> None:
+    run = program(
+        {"appNmae": "shop", "argocdExternalURL": "https://argocd.example.com", "zzzqqq": "1", "appNamespace": "Bad Name"}
+    )
+    assert run.error is not None and run.resources == []
+    message = run.error["message"]
+    # One message for every bad key, declared or not.
+    assert "appNmae: is not a setting of this program; did you mean `appName`?" in message
+    assert "argocdExternalURL: is not a setting of this program; did you mean `argocdExternalUrl`?" in message
+    assert "zzzqqq: is not a setting of this program (example: (remove it: `pulumi config rm KEY`))" in message
+    assert "appNamespace:" in message
+    # Other namespaces belong to their providers.
+    fine = program({"kubernetes:suppressHelmHookWarnings": "true", "pulumi:tags": "{}"})
+    assert fine.error is None, fine.error
+
+
+def test_undeclared_keys_outside_this_project_are_left_alone() -> None:
+    found = undeclared_problems(
+        {"gitops-bootstrap:appName", "gitops-bootstrap:appNmae", "gitlab:tokn", "other:x"}, "gitops-bootstrap"
+    )
+    assert [(p.key, p.example) for p in found] == [("appNmae", "appName")]
+
+
+def test_a_misspelt_app_field_gets_a_suggestion() -> None:
+    raw = valid()
+    raw["apps"] = '[{"name": "orders", "namspace": "orders"}]'
+    found = problems(raw)
+    assert found.keys == ["apps[0].namspace"]
+    assert "did you mean `namespace`?" in str(found)
 
 
 def test_the_build_check_never_shares_the_build_runners() -> None:
