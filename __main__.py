@@ -113,7 +113,7 @@ def read_gitlab_instance() -> GitLabInstance:
 
 def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
     """The GitLab instance's edition and existing projects; stops on an archived project in the way."""
-    host = read_host(settings.gitlab, settings.apps)
+    host = read_host(settings.gitlab, settings.apps, settings.stack)
     problems = host_problems(host, settings.gitlab, instance.base_url)
     if problems:
         raise pulumi.RunError(str(SettingsError(problems)))

@@ -54,6 +54,8 @@ class StarterChartArgs:
     # A branch to commit to instead of the default branch, which is locked when the manifest
     # project existed before this app; a maintainer merges it.
     seed_branch: str | None = None
+    # The chart is on the default branch already (gitlab_host.chart_let_go): register no file.
+    let_go: bool = False
 
 
 class StarterChart(pulumi.ComponentResource):
@@ -65,7 +67,11 @@ class StarterChart(pulumi.ComponentResource):
         super().__init__("gitops:gitlab:StarterChart", name, None, opts)
         self.files = []
         self.seed_branch: gitlab.Branch | None = None
-        if not args.manifest.adopted:
+        # An adopted manifest project already holds its chart, and a seeded one belongs to the
+        # team once it is on the default branch: neither is ever written or deleted. (After a
+        # `pulumi refresh` drops files that a merge request renamed, or that left with the merged
+        # seed branch, registering them would re-create them on the locked branch.)
+        if not args.manifest.adopted and not args.let_go:
             branch: pulumi.Input[str] = args.manifest.default_branch
             if args.seed_branch is not None:
                 self.seed_branch = gitlab.Branch(
@@ -162,7 +168,7 @@ class DeliveryPipelineArgs:
     cache_repository: str = ""
     # Protect the default cache so that only maintainers' pipelines write it (gitlab_host.protect_build_cache).
     protect_cache: bool = False
-    # projectsOnDestroy=retain: the pipeline branch keeps its protection.
+    # projectsOnDestroy=retain: the build cache keeps its protection (the pipeline branch goes in every mode).
     retain: bool = False
     # Logical-name prefix and branch-name suffix (apps.AppNames).
     prefix: str = ""
@@ -207,9 +213,12 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 project=args.manifest.id,
                 name=branch_name,
                 ref=args.manifest.default_branch,
-                # Holds the pipeline the app project runs: destroy keeps it, like every commit,
-                # and a later change of the default branch does not re-create it.
-                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=True, ignore_changes=["ref"])),
+                # Holds only the pipeline the program renders, so destroy deletes it, in every
+                # projectsOnDestroy mode: a branch left behind in a manifest project that outlives
+                # the stack (adopted, shared, or retained) would sit unprotected and make the next
+                # `up` fail ("Branch already exists", gitlabhq branches/validate_new_service.rb).
+                # A later change of the default branch does not re-create it.
+                opts=child.merge(pulumi.ResourceOptions(ignore_changes=["ref"])),
             )
             protection = gitlab.BranchProtection(
                 f"{args.prefix}pipeline-branch-protection",
@@ -217,7 +226,8 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 branch=pipeline_ref.name,
                 allow_force_push=False,
                 **protection_args(args.enterprise, push="maintainer", merge="maintainer"),
-                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
+                # Goes with its branch, before it (it depends on the branch).
+                opts=child,
             )
             # A tag of the same name could shadow the branch when GitLab resolves the ref in
             # `ci_config_path`; nobody may create one.
@@ -226,7 +236,8 @@ class DeliveryPipeline(pulumi.ComponentResource):
                 project=args.manifest.id,
                 tag=branch_name,
                 create_access_level="no one",
-                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=args.retain)),
+                # Guards the branch's name; it goes with the branch.
+                opts=child,
             )
             project, branch = args.manifest.id, pulumi.Output.from_input(branch_name)
             after = [*args.ready, protection, tag_guard]
@@ -253,13 +264,16 @@ class DeliveryPipeline(pulumi.ComponentResource):
             author_name=COMMIT_AUTHOR,
             # The commit itself starts no pipeline.
             commit_message="Update the delivery pipeline (gitops-bootstrap) [skip ci]",
-            overwrite_on_create=False,
+            # The file is the program's own: one that an earlier destroy left (on an adopted app
+            # project's default branch) is taken over rather than failing the create.
+            overwrite_on_create=True,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # Committed once the branches are protected and the variables and keys exist,
                 # so the next push runs a pipeline that can read them.
                 depends_on=after,
-                # Destroy must not commit deletions into a team's repository.
+                # Destroy commits no deletion into a team's repository; on the pipeline branch,
+                # the file goes with the branch.
                 retain_on_delete=True,
                 custom_timeouts=FILE_TIMEOUTS,
             ),

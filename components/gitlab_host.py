@@ -76,6 +76,10 @@ class HostFacts:
     charts_present: frozenset[str] = frozenset()
     # GitLab's version (major, minor), from /api/v4/metadata.
     version: tuple[int, int] = (0, 0)
+    # Pipeline branches already in a manifest project for an app whose app project this run
+    # creates (so no earlier run of this stack holds them): by the manifest project's config key,
+    # "<branch> in <project path>". An earlier release's `pulumi destroy` left them behind.
+    leftover_pipeline_branches: Mapping[str, str] = field(default_factory=dict)
 
 
 # Push protection for container repositories is in every tier from GitLab 17.8 (its API,
@@ -143,6 +147,16 @@ def chart_repo_path(chart_path: str, path: str) -> str:
 def chart_file(app: AppSettings) -> str:
     """Where the app's Chart.yaml lives in its manifest project."""
     return chart_repo_path(app.chart_path, "Chart.yaml")
+
+
+def chart_let_go(facts: HostFacts, app: AppSettings) -> bool:
+    """Whether the app's chart is on its manifest project's default branch already: the team's code, not the program's.
+
+    The program then registers none of its files, so it never writes to that (locked) branch
+    and never deletes the chart. Every release has stored the seeded files with retainOnDelete
+    (first in f263392), so dropping them only removes them from the stack's state.
+    """
+    return app.key("chartPath") in facts.charts_present
 
 
 def chart_seed_branch(facts: HostFacts, app: AppSettings, stack: str, suffix: str) -> str | None:
@@ -213,6 +227,17 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
                 f" it is with `pulumi config set {_config_arg(adopt_key)} {record.path_with_namespace}`, or create a new"
                 f" project with `pulumi config set {_config_arg(key)} {path}-2`",
                 f"{path}-2",
+            )
+        )
+    for key, where in facts.leftover_pipeline_branches.items():
+        branch, _, path = where.partition(" in ")
+        problems.append(
+            Problem(
+                key,
+                f"holds the branch {branch} already ({path}), left by an earlier `pulumi destroy` of this stack, so it"
+                " cannot be created again. It holds only the pipeline this program renders: delete it (the"
+                " project's Code > Branches, after removing its protection under Settings > Repository) and run again",
+                path,
             )
         )
     for key, record in facts.adopted.items():

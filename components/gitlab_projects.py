@@ -9,6 +9,7 @@ from typing import Any
 import pulumi
 import pulumi_gitlab as gitlab
 
+from components.apps import app_names
 from components.gitlab_host import (
     ADOPT_APP,
     STARTER_TOPIC,
@@ -20,6 +21,7 @@ from components.gitlab_host import (
     ci_config_path,
     created_paths,
     parse_version,
+    pipeline_branch,
     runner_listing_warning,
     runner_warnings,
     seed_starter_app,
@@ -51,7 +53,7 @@ def _adopted(path: str) -> ProjectRecord:
     return _record(found, protected)
 
 
-def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
+def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = "dev") -> HostFacts:
     """Ask GitLab, before anything is registered, for its edition and the projects this stack names.
 
     Plain invokes: they run in `pulumi preview` too, so a path blocked by an archived
@@ -71,6 +73,8 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
     archived: dict[str, ProjectRecord] = {}
     live: dict[str, tuple[str, ...]] = {}
     charts: frozenset[str] = frozenset()
+    live_ids: dict[str, str] = {}
+    created: dict[str, str] = {}
     if not all(app.app_project.adopted and app.manifest_project.adopted for app in apps):
         if args.group:
             group = gitlab.get_group(full_path=args.group)
@@ -78,8 +82,8 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
         else:
             namespace = gitlab.get_current_user().username
         found_at: dict[str, tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]] = {}
-        live_ids: dict[str, str] = {}
-        for key, full_path in created_paths(apps, namespace).items():
+        created = created_paths(apps, namespace)
+        for key, full_path in created.items():
             if full_path not in found_at:
                 found_at[full_path] = _at_path(full_path, namespace_id)
             record, topics, project_id = found_at[full_path]
@@ -89,6 +93,9 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
                 live[key] = topics
                 live_ids[key] = project_id
         charts = _charts_present(apps, live_ids, args.default_branch)
+    existing = {key: (record.id, record.path_with_namespace) for key, record in adopted.items()}
+    existing |= {key: (ident, created[key]) for key, ident in live_ids.items()}
+    leftovers = _leftover_pipeline_branches(apps, stack, live, existing)
     return HostFacts(
         enterprise=enterprise,
         namespace_id=namespace_id,
@@ -97,6 +104,7 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...]) -> HostFacts:
         live_topics=live,
         charts_present=charts,
         version=parse_version(metadata.version or ""),
+        leftover_pipeline_branches=leftovers,
     )
 
 
@@ -126,6 +134,42 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
             continue
         present.add(app.key("chartPath"))
     return frozenset(present)
+
+
+# GitLab's answer for a branch that does not exist, as go-gitlab's ErrorResponse prints it
+# (terraform-provider-gitlab data_source_gitlab_branch.go returns the GetBranch error as it is).
+BRANCH_NOT_FOUND = "404 {message: 404 Branch Not Found}"
+
+
+def _leftover_pipeline_branches(
+    apps: tuple[AppSettings, ...],
+    stack: str,
+    live: dict[str, tuple[str, ...]],
+    existing: dict[str, tuple[str, str]],
+) -> dict[str, str]:
+    """Pipeline branches that exist already where this run would create them.
+
+    Asked only for an app whose app project is created by this run (not live yet), so no earlier
+    run of the stack holds its pipeline branch, on a manifest project that exists already.
+    Since this release destroy deletes the branch; earlier releases kept it.
+    """
+    found: dict[str, str] = {}
+    for app in apps:
+        if app.app_project.adopted or app.key("appProject") in live:
+            continue
+        manifest_key = app.key("adoptManifestProject" if app.manifest_project.adopted else "manifestProject")
+        if manifest_key not in existing:
+            continue
+        project_id, path = existing[manifest_key]
+        branch = pipeline_branch(stack, app_names(app).suffix)
+        try:
+            gitlab.get_branch(name=branch, project=project_id)
+        except Exception as exc:
+            if BRANCH_NOT_FOUND not in str(exc):
+                raise
+            continue
+        found[manifest_key] = f"{branch} in {path}"
+    return found
 
 
 def _at_path(full_path: str, namespace_id: int | None) -> tuple[ProjectRecord | None, tuple[str, ...] | None, str | None]:

@@ -23,6 +23,7 @@ from components.gitlab_content import (
 from components.gitlab_host import (
     HostFacts,
     chart_file,
+    chart_let_go,
     chart_seed_branch,
     deploy_branch,
     protect_build_cache,
@@ -107,6 +108,7 @@ class GitOpsApp(pulumi.ComponentResource):
                 chart_path=app.chart_path,
                 prefix=p,
                 seed_branch=chart_seed_branch(args.host, app, args.stack, names.suffix),
+                let_go=chart_let_go(args.host, app),
             ),
             opts=sub,
         )

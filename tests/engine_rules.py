@@ -132,6 +132,11 @@ HIDDEN_UNSET_TYPE = "gitlab:index/projectVariable:ProjectVariable"
 # A property path: map keys and list indexes.
 Path = tuple[str, ...]
 UNCHANGED, UPDATED, REPLACED, CREATED, DELETED = "unchanged", "updated", "replaced", "created", "deleted"
+# A resource the program no longer registers whose *stored* state says retainOnDelete: the engine
+# drops it from state and calls no provider Delete (pulumi/pulumi pkg/resource/deploy/step.go,
+# DeleteStep.Apply checks `s.old.RetainOnDelete`; Pulumi docs, "retainOnDelete": the flag in
+# state decides, so it must be stored by one `up` before the resource is dropped in a later one).
+RETAINED = "retained"
 
 
 @dataclass(frozen=True)
@@ -220,7 +225,8 @@ def classify(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, provi
     if old is None or new is None:
         record = new or old
         assert record is not None
-        return Change(record["urn"], record["name"], record["type"], CREATED if old is None else DELETED)
+        dropped = RETAINED if old is not None and old.get("retain_on_delete") else DELETED
+        return Change(record["urn"], record["name"], record["type"], CREATED if old is None else dropped)
     base = dict(urn=new["urn"], name=new["name"], type=new["type"])
     paths = [p for p in changed_paths(old["inputs"], new["inputs"]) if not _ignored(p, new["ignore_changes"])]
     trigger_changed = old.get("replacement_trigger") != new.get("replacement_trigger")
@@ -377,3 +383,98 @@ def diff_runs(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]
 def by_action(changes: Mapping[str, Change], action: str) -> set[str]:
     """Logical names of the resources with ``action``."""
     return {c.name for c in changes.values() if c.action == action}
+
+
+# --- What a destroy leaves in GitLab, and creating it again -------------------------------
+# `pulumi destroy` deletes every resource of the state except those whose stored state says
+# retainOnDelete (see RETAINED); a branch that is deleted takes its files with it. Creating an
+# object that is still there fails: a branch, "Branch already exists" (gitlabhq
+# app/services/branches/validate_new_service.rb); a file, "A file with this name already exists"
+# (the files API create), unless the provider's `overwrite_on_create` makes the create an update
+# (terraform-provider-gitlab resource_gitlab_repository_file.go); a protected branch or tag,
+# "already exists" (ProtectedBranch and ProtectedTag validate the name's uniqueness per project);
+# a project, "has already been taken" (path uniqueness per namespace).
+BRANCH_TYPE = "gitlab:index/branch:Branch"
+FILE_TYPE = "gitlab:index/repositoryFile:RepositoryFile"
+PROTECTION_TYPE = "gitlab:index/branchProtection:BranchProtection"
+TAG_PROTECTION_TYPE = "gitlab:index/tagProtection:TagProtection"
+PROJECT_TYPE = "gitlab:index/project:Project"
+GitLabObject = tuple[str, str, str]
+
+
+def gitlab_object(record: Mapping[str, Any]) -> GitLabObject | None:
+    """(kind, project id, name) of the GitLab object a record manages, for the kinds that can collide."""
+    inputs, typ = record["inputs"], record["type"]
+    if typ == BRANCH_TYPE:
+        return ("branch", str(inputs["project"]), inputs["name"])
+    if typ == FILE_TYPE:
+        return ("file", str(inputs["project"]), f"{inputs['branch']}:{inputs['filePath']}")
+    if typ == PROTECTION_TYPE:
+        return ("branch protection", str(inputs["project"]), inputs["branch"])
+    if typ == TAG_PROTECTION_TYPE:
+        return ("tag protection", str(inputs["project"]), inputs["tag"])
+    if typ == PROJECT_TYPE:
+        return ("project", "", str(record["outputs"].get("path_with_namespace", "")).lower())
+    return None
+
+
+def destroy_survivors(records: Iterable[Mapping[str, Any]]) -> set[GitLabObject]:
+    """The GitLab objects a `pulumi destroy` of this run's state leaves in place.
+
+    A created project survives when retained or archived (`archive_on_destroy`: the provider's
+    delete archives it, and an archived project keeps everything in it); a deleted one takes its
+    branches, files and protections with it, as a deleted branch takes its files.
+    """
+    records = [r for r in records if r["custom"]]
+    branches = {
+        (str(r["inputs"]["project"]), r["inputs"]["name"]): bool(r["retain_on_delete"])
+        for r in records
+        if r["type"] == BRANCH_TYPE
+    }
+    deleted_projects = {
+        str(r["id"])
+        for r in records
+        if r["type"] == PROJECT_TYPE and not r.get("retain_on_delete") and not r["inputs"].get("archiveOnDestroy")
+    }
+    kept: set[GitLabObject] = set()
+    for record in records:
+        found = gitlab_object(record)
+        if found is None:
+            continue
+        kind, project, name = found
+        if kind == "project":
+            if str(record["id"]) not in deleted_projects:
+                kept.add(found)
+            continue
+        if not record.get("retain_on_delete") or project in deleted_projects:
+            continue
+        if kind == "file" and not branches.get((project, name.split(":", 1)[0]), True):
+            continue  # on a branch the destroy deletes
+        kept.add(found)
+    return kept
+
+
+def create_collisions(records: Iterable[Mapping[str, Any]], existing: set[GitLabObject]) -> list[str]:
+    """The resources of a fresh run (no state) whose create would fail on an object that ``existing`` holds."""
+    collisions: list[str] = []
+    for record in records:
+        found = gitlab_object(record) if record["custom"] else None
+        if found is None or found not in existing:
+            continue
+        if found[0] == "file" and record["inputs"].get("overwriteOnCreate"):
+            continue
+        collisions.append(f"{record['name']}: {found[0]} {found[2]} exists")
+    return collisions
+
+
+# --- Refresh ---------------------------------------------------------------------------------
+# `pulumi refresh` (and `up --refresh`) reads every custom resource of the state; where the
+# provider's Read finds no object it returns no outputs and the engine removes the resource from
+# the state (pulumi/pulumi pkg/resource/deploy/step.go, RefreshStep.Apply: a nil result from Read
+# means the resource was deleted). pulumi-kubernetes' Read answers a 404 that way
+# (provider/pkg/provider/provider.go, Read: `errors.IsNotFound` returns an empty ReadResponse), and
+# so does the Terraform bridge when the Terraform Read clears the id (terraform-provider-gitlab's
+# Read does on a 404). Providers and components are not read.
+def refreshed(records: Iterable[Mapping[str, Any]], gone: Any) -> list[Mapping[str, Any]]:
+    """The state after a refresh that finds every custom resource for which ``gone(record)`` holds deleted."""
+    return [r for r in records if not (r["custom"] and not r["type"].startswith("pulumi:providers:") and gone(r))]

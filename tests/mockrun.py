@@ -174,6 +174,13 @@ class GitLabWorld:
             return None
         return {"id": f"{project_id}:{ref}:{path}", "project": project_id, "filePath": path, "ref": ref, "content": ""}
 
+    def branch(self, project_id: str, name: str) -> dict[str, Any] | None:
+        """GET /projects/:id/repository/branches/:branch: a listed project's ``branches``, besides its default branch."""
+        listed = next((p for p in self.projects if self.project(p["path_with_namespace"])["id"] == project_id), None)
+        if listed is None or name not in [listed.get("default_branch", "main"), *listed.get("branches", [])]:
+            return None
+        return {"id": f"{project_id}:{name}", "name": name, "project": project_id, "protected": False, "merged": False}
+
     def failing_files(self, project_id: str) -> str:
         """The error a listed project's ``files_error`` makes every file look-up answer, or ""."""
         listed = next((p for p in self.projects if self.project(p["path_with_namespace"])["id"] == project_id), {})
@@ -300,6 +307,13 @@ class Mocks(pulumi_mocks.Mocks):
                 return {}, [("tagLists", self.world.runners_error)]
             tags = list(args.args.get("tagLists") or [])
             return {"id": "runners", "runners": self.world.list_runners(tags), "tagLists": tags}, []
+        if args.token == "gitlab:index/getBranch:getBranch":
+            project_id, name = str(args.args["project"]), args.args["name"]
+            found_branch = self.world.branch(project_id, name)
+            if found_branch is None:
+                url = f"https://{GITLAB_HOST}/api/v4/projects/{project_id}/repository/branches/{name}"
+                return {}, [("name", f"GET {url}: 404 {{message: 404 Branch Not Found}}")]
+            return found_branch, []
         if args.token == "gitlab:index/getMetadata:getMetadata":
             return {"id": "gitlab", "enterprise": self.world.enterprise, "version": self.world.version, "revision": "abc"}, []
         if args.token == "gitlab:index/getCurrentUser:getCurrentUser":

@@ -21,6 +21,7 @@ from tests.engine_rules import (
     CREATED,
     DELETED,
     REPLACED,
+    RETAINED,
     UNCHANGED,
     UPDATED,
     AliasError,
@@ -349,9 +350,9 @@ def previous_release(tmp: Path) -> Path:
 
 def assert_only_the_pipeline_is_updated(changes: dict[str, Any]) -> None:
     """Since the previous release only the pipeline changed (the deploy job's trust boundary): its
-    file gets a new commit in place, and nothing else is updated."""
+    file gets a new commit in place, and takes over a file an earlier destroy left; nothing else is updated."""
     updated = [c for c in changes.values() if c.action == UPDATED]
-    assert [(c.name, c.paths) for c in updated] == [("pipeline-file", (("content",),))]
+    assert [(c.name, c.paths) for c in updated] == [("pipeline-file", (("content",), ("overwriteOnCreate",)))]
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +382,9 @@ def test_upgrading_a_one_app_stack_replaces_nothing(
     # Without the aliases the same upgrade would replace the projects and every key: the check can fail.
     bare = [{**r, "aliases": [], "alias_urns": []} for r in new.resources]
     unaliased = diff_runs(old.resources, bare)
-    assert {"manifest-project", "app-project", "ci-deploy-key"} <= {short_name(n) for n in by_action(unaliased, DELETED)}
+    # (Deleted, or for prod's retained projects dropped from state: either way no longer this stack's.)
+    orphaned = by_action(unaliased, DELETED) | by_action(unaliased, RETAINED)
+    assert {"manifest-project", "app-project", "ci-deploy-key"} <= {short_name(n) for n in orphaned}
 
 
 def dev_app_entry(**fields: Any) -> dict[str, Any]:
@@ -412,8 +415,11 @@ def test_upgrading_against_the_live_projects_replaces_nothing(release: Path, pro
     new = program(stack="dev", gitlab=live_world(old), previous=sorted(engine_urns(old.resources).values()))
     assert old.error is None and new.error is None, new.error
     changes = diff_runs(old.resources, new.resources)
-    assert {c.action for c in changes.values()} <= {UNCHANGED, UPDATED}
+    assert {c.action for c in changes.values()} <= {UNCHANGED, UPDATED, RETAINED}
     assert_only_the_pipeline_is_updated(changes)
+    # The chart is on main: its files leave the stack's state, and nothing is deleted in GitLab.
+    chart_files = {r["name"] for r in old.resources if r["name"].startswith("chart/")}
+    assert chart_files and by_action(changes, RETAINED) == chart_files
     assert [i["args"]["filePath"] for i in new.report["invokes"] if i["token"].endswith("getRepositoryFile")] == ["Chart.yaml"]
 
 
@@ -481,13 +487,12 @@ def test_an_adopted_app_project_on_a_locked_manifest_project_proposes_its_chart(
     # One question per app on a manifest project that exists: is its Chart.yaml on main?
     asked = [i["args"]["filePath"] for i in after.report["invokes"] if i["token"].endswith("getRepositoryFile")]
     assert sorted(asked) == ["Chart.yaml", "billing/Chart.yaml", "orders/Chart.yaml", "payments/Chart.yaml"]
-    # The others' charts are there, so their files stay where they are.
-    others = {
-        f["inputs"]["branch"]
+    # The others' charts are on main, the team's code now: the program registers none of their files.
+    assert [
+        f["name"]
         for f in after.of_type("repositoryFile:RepositoryFile")
         if "-chart/" in f["name"] and not f["name"].startswith("billing-")
-    }
-    assert others == {"main"}
+    ] == []
 
 
 def test_a_failing_chart_look_up_stops_the_program(teams: Run, program: Callable[..., Run]) -> None:
@@ -504,7 +509,12 @@ def test_a_failing_chart_look_up_stops_the_program(teams: Run, program: Callable
 def test_a_second_up_of_three_apps_changes_nothing(teams: Run, program: Callable[..., Run]) -> None:
     again = program(stack="teams", gitlab=live_world(teams))
     assert again.error is None, again.error
-    assert {c.action for c in diff_runs(teams.resources, again.resources).values()} == {UNCHANGED}
+    changes = diff_runs(teams.resources, again.resources)
+    # The seeded charts are on main now: their files only leave the stack's state (retained).
+    assert {c.action for c in changes.values()} == {UNCHANGED, RETAINED}
+    assert by_action(changes, RETAINED) == {
+        r["name"] for r in teams.of_type("repositoryFile:RepositoryFile") if "-chart/" in r["name"]
+    }
 
 
 def test_reordering_apps_changes_nothing(teams: Run, program: Callable[..., Run]) -> None:

@@ -13,6 +13,7 @@ from tests.engine_rules import (
     CREATED,
     DELETED,
     REPLACED,
+    RETAINED,
     UNCHANGED,
     UPDATED,
     by_action,
@@ -271,7 +272,7 @@ def test_removing_the_starter_topic_forgets_the_starter_files_without_touching_t
     upgraded = program(gitlab={"projects": [{"path_with_namespace": app_path}]})
     changes = diff_runs(new.resources, upgraded.resources)
     assert by_role(changes, CREATED) == set()
-    assert {c.name for c in changes.values() if c.action == DELETED} == {
+    assert {c.name for c in changes.values() if c.action == RETAINED} == {
         r["name"] for r in new.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("app/")
     }
     # Those would be dropped from state only: the files are retained on delete.

@@ -46,9 +46,19 @@ def test_projects_on_destroy_settings(program: Callable[..., Run]) -> None:
     retain = program({"projectsOnDestroy": "retain"})
     for res in retain.of_type("project:Project"):
         assert res["retain_on_delete"] is True and res["inputs"]["archiveOnDestroy"] is False
-    # Retained projects keep their protected branches too.
-    protections = retain.of_type("branchProtection:BranchProtection")
-    assert len(protections) == 3 and all(r["retain_on_delete"] for r in protections)
+    # Retained projects keep their protected default branches too.
+    protections = {short_name(r["name"]): r for r in retain.of_type("branchProtection:BranchProtection")}
+    assert set(protections) == {"app-default-branch", "manifest-default-branch", "pipeline-branch-protection"}
+    assert protections["app-default-branch"]["retain_on_delete"] and protections["manifest-default-branch"]["retain_on_delete"]
+    # The pipeline branch, its protection and its tag guard go on destroy in every mode: a branch
+    # left in a project that outlives the stack would block the next `up` and sit unprotected.
+    for mode in ("retain", "archive", "delete"):
+        run = retain if mode == "retain" else program({"projectsOnDestroy": mode})
+        for name in ("pipeline-branch", "pipeline-branch-protection", "pipeline-tag-protection"):
+            assert run.named(name)["retain_on_delete"] is False, (mode, name)
+        # Its file commits no deletion (it goes with the branch) and takes over one left behind.
+        assert run.named("pipeline-file")["retain_on_delete"] is True
+        assert run.named("pipeline-file")["inputs"]["overwriteOnCreate"] is True
     delete = program({"projectsOnDestroy": "delete"})
     for res in delete.of_type("project:Project"):
         assert res["retain_on_delete"] is False and res["inputs"]["archiveOnDestroy"] is False
