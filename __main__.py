@@ -26,7 +26,7 @@ from components.argocd_manifest import Overlays, prepare_objects
 from components.credentials import Credentials, CredentialsArgs
 from components.gitlab_ca import CaError, read_ca_bundle, tls_certs_key
 from components.gitlab_host import HostFacts, adoption_warnings, cache_warnings, host_problems
-from components.gitlab_projects import check_build_runners, read_host
+from components.gitlab_projects import check_runners, read_host
 from components.gitops_app import GitOpsApp, GitOpsAppArgs
 from components.kubeconfig import read_contexts
 from components.manifest_repository import ManifestRepository, ManifestRepositoryArgs
@@ -39,6 +39,7 @@ from components.notifications import (
     FeedbackSpec,
     deploy_status_mode,
     gitlab_api_url,
+    is_gitlab_com,
     notifications_config,
 )
 from components.rollouts import (
@@ -124,7 +125,7 @@ def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
         for warning in cache_warnings(host, app):
             pulumi.log.warn(warning)
     # Runners that build the default branch must not also run merge requests' code or the deploy job.
-    check_build_runners(settings.apps)
+    check_runners(settings.apps, hosted=is_gitlab_com(instance.base_url))
     return host
 
 

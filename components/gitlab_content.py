@@ -164,6 +164,7 @@ class DeliveryPipelineArgs:
     enterprise: bool
     build_runner_tags: tuple[str, ...] = ()
     build_check_runner_tags: tuple[str, ...] = ()
+    deploy_runner_tags: tuple[str, ...] = ()
     # buildCacheRepository: "" for the app project's registry, "off" for none.
     cache_repository: str = ""
     # Protect the default cache so that only maintainers' pipelines write it (gitlab_host.protect_build_cache).
@@ -198,6 +199,7 @@ class DeliveryPipeline(pulumi.ComponentResource):
                     merge_request_via=args.merge_request_via,
                     build_runner_tags=args.build_runner_tags,
                     build_check_runner_tags=args.build_check_runner_tags,
+                    deploy_runner_tags=args.deploy_runner_tags,
                     cache_repository=args.cache_repository,
                 )
             )

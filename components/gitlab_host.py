@@ -74,6 +74,9 @@ class HostFacts:
     # Apps (by their chartPath config key) whose Chart.yaml is on the default branch of a
     # manifest project that existed before this run.
     charts_present: frozenset[str] = frozenset()
+    # Manifest projects (by config key) that existed before this run and whose default branch the
+    # program has locked (nobody may push): the seeding finished, since the lock comes after it.
+    locked_manifests: frozenset[str] = frozenset()
     # GitLab's version (major, minor), from /api/v4/metadata.
     version: tuple[int, int] = (0, 0)
     # Pipeline branches already in a manifest project for an app whose app project this run
@@ -135,8 +138,13 @@ def seed_starter_app(facts: HostFacts, app: AppSettings) -> bool:
 
 
 def manifest_exists(facts: HostFacts, app: AppSettings) -> bool:
-    """Whether the app's created manifest project existed before this run (its default branch is locked by now)."""
-    return app.key(PROJECT_KEYS["manifest"][0]) in facts.live_topics
+    """Whether the app's created manifest project existed before this run and its default branch is locked.
+
+    A project whose first `up` stopped before the lock is not locked yet: its chart is still seeded
+    (or completed) on the default branch directly.
+    """
+    key = app.key(PROJECT_KEYS["manifest"][0])
+    return key in facts.live_topics and key in facts.locked_manifests
 
 
 def chart_repo_path(chart_path: str, path: str) -> str:
@@ -153,10 +161,12 @@ def chart_let_go(facts: HostFacts, app: AppSettings) -> bool:
     """Whether the app's chart is on its manifest project's default branch already: the team's code, not the program's.
 
     The program then registers none of its files, so it never writes to that (locked) branch
-    and never deletes the chart. Every release has stored the seeded files with retainOnDelete
-    (first in f263392), so dropping them only removes them from the stack's state.
+    and never deletes the chart. Only once the branch is locked: a first `up` that stopped half way
+    through the chart (before the lock) completes it on the next run. Every release has stored the
+    seeded files with retainOnDelete (first in f263392), so dropping them only removes them from the
+    stack's state.
     """
-    return app.key("chartPath") in facts.charts_present
+    return app.key("chartPath") in facts.charts_present and manifest_exists(facts, app)
 
 
 def chart_seed_branch(facts: HostFacts, app: AppSettings, stack: str, suffix: str) -> str | None:
@@ -338,32 +348,54 @@ class RunnerRecord:
     untagged: bool
 
 
-def runner_warnings(tags: tuple[str, ...], runners: list[RunnerRecord]) -> list[str]:
-    """Where a build runner would also run unreviewed merge-request code or the deploy job.
+# What a runner found by a stack's runner tags is for.
+ROLE_BUILD, ROLE_DEPLOY = "build", "deploy"
+
+
+def runner_warnings(runner: RunnerRecord, roles: frozenset[str]) -> list[str]:
+    """Where a build or deploy runner would also run another job it must not share a host with.
 
     A runner takes every job whose tags are a subset of its own, and untagged jobs only if it
     accepts them (gitlab-org/gitlab-ce#47387); only a protected runner refuses jobs of
     unprotected branches and merge requests (gitlab-org/gitlab-ce#33281).
     """
+    name = f"runner {runner.id} ({runner.description or 'no description'}), a {' and '.join(sorted(roles))} runner,"
     warnings: list[str] = []
-    for runner in runners:
-        name = f"runner {runner.id} ({runner.description or 'no description'}), tagged {', '.join(tags)}"
-        if runner.access_level != "ref_protected":
-            warnings.append(
-                f"{name}, is not protected: it also runs merge requests' and unprotected branches' jobs, whose"
-                " Dockerfiles can take over the host the default branch's builds then run on. Set it to run"
-                " jobs of protected branches only (Settings > CI/CD > Runners > Edit > Protected)"
-            )
-        if runner.untagged:
-            warnings.append(
-                f"{name}, takes untagged jobs: update-manifest, which holds the deploy key, can run on the host"
-                " the builds run on. Clear 'Run untagged jobs' on it"
-            )
+    if runner.access_level != "ref_protected":
+        warnings.append(
+            f"{name} is not protected: it also runs merge requests' and unprotected branches' jobs, whose"
+            " Dockerfiles can take over its host. Set it to run jobs of protected branches only"
+            " (Settings > CI/CD > Runners > Edit > Protected)"
+        )
+    if runner.untagged:
+        victim = "the deploy key it holds" if ROLE_DEPLOY in roles else "the builds that run there"
+        warnings.append(
+            f"{name} takes untagged jobs: merge requests' build-check (and, without deployRunnerTags, update-manifest)"
+            f" can run there, next to {victim}. Clear 'Run untagged jobs' on it"
+        )
+    if roles >= {ROLE_BUILD, ROLE_DEPLOY}:
+        warnings.append(
+            f"{name} takes both the build job and update-manifest: a build can take over the host that then holds"
+            " the deploy key. Give the two jobs runners of their own (buildRunnerTags, deployRunnerTags)"
+        )
     return warnings
 
 
+def untagged_sharing_warnings(apps: tuple[AppSettings, ...]) -> list[str]:
+    """On a self-managed GitLab: apps whose merge-request build and deploy job both go to untagged runners."""
+    shared = [app.name for app in apps if not app.build_check_runner_tags and not app.deploy_runner_tags]
+    if not shared:
+        return []
+    return [
+        f"{', '.join(shared)}: merge requests' build-check (unreviewed Dockerfiles, which need a runner that allows"
+        " BuildKit) and update-manifest (the deploy key) both go to runners that take untagged jobs, so one can"
+        " run on a host the other took over. Set deployRunnerTags to protected runners that run no build, or"
+        " buildCheckRunnerTags to runners of their own (README, 'Security model')"
+    ]
+
+
 def runner_listing_warning(tags: tuple[str, ...], error: str) -> str:
-    """What to check by hand when the token cannot list the runners that take the build job."""
+    """What to check by hand when the token cannot list the runners that carry a stack's runner tags."""
     return (
         f"cannot tell whether the runners tagged {', '.join(tags)} are protected ({error.splitlines()[0][:200]}): make"
         " sure each is a protected runner that takes no untagged jobs (README, 'Security model')"

@@ -12,6 +12,8 @@ import pulumi_gitlab as gitlab
 from components.apps import app_names
 from components.gitlab_host import (
     ADOPT_APP,
+    ROLE_BUILD,
+    ROLE_DEPLOY,
     STARTER_TOPIC,
     HostFacts,
     ProjectRecord,
@@ -25,6 +27,7 @@ from components.gitlab_host import (
     runner_listing_warning,
     runner_warnings,
     seed_starter_app,
+    untagged_sharing_warnings,
 )
 from components.settings import AppSettings, GitLabSettings, ProjectSettings
 
@@ -73,6 +76,7 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = 
     archived: dict[str, ProjectRecord] = {}
     live: dict[str, tuple[str, ...]] = {}
     charts: frozenset[str] = frozenset()
+    locked: frozenset[str] = frozenset()
     live_ids: dict[str, str] = {}
     created: dict[str, str] = {}
     if not all(app.app_project.adopted and app.manifest_project.adopted for app in apps):
@@ -93,6 +97,7 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = 
                 live[key] = topics
                 live_ids[key] = project_id
         charts = _charts_present(apps, live_ids, args.default_branch)
+        locked = _locked_manifests(apps, live_ids, args.default_branch)
     existing = {key: (record.id, record.path_with_namespace) for key, record in adopted.items()}
     existing |= {key: (ident, created[key]) for key, ident in live_ids.items()}
     leftovers = _leftover_pipeline_branches(apps, stack, live, existing)
@@ -103,6 +108,7 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = 
         archived_at_path=archived,
         live_topics=live,
         charts_present=charts,
+        locked_manifests=locked,
         version=parse_version(metadata.version or ""),
         leftover_pipeline_branches=leftovers,
     )
@@ -110,6 +116,25 @@ def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = 
 
 # GitLab's answer for a path that is not on the ref, as go-gitlab's ErrorResponse prints it.
 FILE_NOT_FOUND = "404 {message: 404 File Not Found}"
+
+
+def _locked_manifests(apps: tuple[AppSettings, ...], live_ids: dict[str, str], branch: str) -> frozenset[str]:
+    """The live created manifest projects (by config key) whose default branch nobody may push to: the program's lock."""
+    locked: set[str] = set()
+    asked: dict[str, bool] = {}
+    for app in apps:
+        key = app.key("manifestProject")
+        project_id = live_ids.get(key)
+        if project_id is None:
+            continue
+        if project_id not in asked:
+            rules = gitlab.get_project_protected_branches(project_id=project_id).protected_branches or []
+            rule = next((r for r in rules if r.name == branch), None)
+            pushers = {a.access_level for a in (rule.push_access_levels or [])} if rule else set()
+            asked[project_id] = pushers == {"no one"}
+        if asked[project_id]:
+            locked.add(key)
+    return frozenset(locked)
 
 
 def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], branch: str) -> frozenset[str]:
@@ -296,33 +321,47 @@ def app_project(
     )
 
 
-def check_build_runners(apps: tuple[AppSettings, ...]) -> None:
-    """In `pulumi preview`, warn where a runner that takes the build job is not protected or takes untagged jobs.
+def check_runners(apps: tuple[AppSettings, ...], hosted: bool) -> None:
+    """In `pulumi preview`, warn where the runners that build or deploy would share a host with other jobs.
 
-    `get_runners` lists only the runners the token may see (project and group runners it
-    maintains; every runner for an administrator) and carries no access level, so each one
-    found is read (GET /runners/:id, `UserRunner`: `access_level`, `untagged`). A token that
-    cannot list them gets a reminder instead. Reads happen in previews only, so a plan shows the
-    check and nothing is kept in the stack's state.
+    The provider's `get_runners` lists every runner of the instance (GET /runners/all, for
+    administrators only: pulumi-gitlab get_runners.py, "List all runners") and carries no access
+    level, so each runner found is read once (GET /runners/:id, `UserRunner`: `access_level`,
+    `untagged`). Any other token gets a reminder of what to check by hand. Reads happen in
+    previews only, so a plan shows the check and nothing is kept in the stack's state. On a
+    self-managed GitLab (``hosted`` False) a stack whose merge-request build and deploy job both
+    go to untagged runners is warned too.
     """
     if not pulumi.runtime.is_dry_run():
         return
-    for tags in sorted({app.build_runner_tags for app in apps if app.build_runner_tags}):
+    roles: dict[tuple[str, ...], set[str]] = {}
+    for app in apps:
+        for role, tags in ((ROLE_BUILD, app.build_runner_tags), (ROLE_DEPLOY, app.deploy_runner_tags)):
+            if tags:
+                roles.setdefault(tags, set()).add(role)
+    found: dict[str, tuple[str, set[str]]] = {}
+    for tags in sorted(roles):
         try:
             listed = gitlab.get_runners(tag_lists=list(tags)).runners
         except Exception as exc:
             pulumi.log.warn(runner_listing_warning(tags, str(exc) or type(exc).__name__))
             continue
         if not listed:
-            # Instance runners are listed for administrators only.
-            pulumi.log.warn(runner_listing_warning(tags, "this token sees no runner with these tags"))
-        for found in listed:
-            runner = gitlab.UserRunner.get(f"build-runner-{found.id}", str(found.id))
-            pulumi.Output.all(runner.access_level, runner.untagged).apply(
-                functools.partial(_warn_runner, tags, str(found.id), found.description or "")
-            )
+            pulumi.log.warn(runner_listing_warning(tags, "no runner carries these tags"))
+        for runner in listed:
+            # One read per runner, whichever tags found it (two reads of one name fail the plan).
+            _, runner_roles = found.setdefault(str(runner.id), (runner.description or "", set()))
+            runner_roles.update(roles[tags])
+    for ident, (description, runner_roles) in sorted(found.items()):
+        read = gitlab.UserRunner.get(f"runner-{ident}", ident)
+        pulumi.Output.all(read.access_level, read.untagged).apply(
+            functools.partial(_warn_runner, ident, description, frozenset(runner_roles))
+        )
+    if not hosted:
+        for warning in untagged_sharing_warnings(apps):
+            pulumi.log.warn(warning)
 
 
-def _warn_runner(tags: tuple[str, ...], ident: str, description: str, values: list[Any]) -> None:
-    for warning in runner_warnings(tags, [RunnerRecord(ident, description, str(values[0] or ""), bool(values[1]))]):
+def _warn_runner(ident: str, description: str, roles: frozenset[str], values: list[Any]) -> None:
+    for warning in runner_warnings(RunnerRecord(ident, description, str(values[0] or ""), bool(values[1])), roles):
         pulumi.log.warn(warning)

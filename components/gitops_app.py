@@ -150,6 +150,7 @@ class GitOpsApp(pulumi.ComponentResource):
                 enterprise=args.host.enterprise,
                 build_runner_tags=app.build_runner_tags,
                 build_check_runner_tags=app.build_check_runner_tags,
+                deploy_runner_tags=app.deploy_runner_tags,
                 cache_repository=app.cache_repository,
                 protect_cache=protect_build_cache(args.host, app),
                 retain=retain,

@@ -34,8 +34,9 @@ for the next job of the project). `update-manifest`, which holds `SSH_PRIVATE_KE
 - runs no code from the app repository and reads no cache.
 
 `build-check` runs unreviewed merge-request code, so it never carries `buildRunnerTags`: it goes
-to `buildCheckRunnerTags` (default: any runner that takes untagged jobs). The build runners
-should be protected runners that take no untagged jobs (README, "Security model").
+to `buildCheckRunnerTags` (default: any runner that takes untagged jobs), and `update-manifest`
+to `deployRunnerTags`; no list may be a subset of another. The build and deploy runners should be
+protected runners that take no untagged jobs (README, "Security model").
 """
 
 from __future__ import annotations
@@ -130,6 +131,28 @@ _PINNED_IMAGE = re.compile(r"^\S+@sha256:[0-9a-f]{64}$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 
 
+# The jobs' runner tags, by the role of the runners they select.
+RUNNER_TAG_ROLES = ("build_runner_tags", "build_check_runner_tags", "deploy_runner_tags")
+# (a job's tags, other runners' tags) that must not meet: unreviewed code on the build or deploy
+# runners, builds on the deploy runners, the deploy job on the build runners.
+_KEPT_APART = (
+    ("build_check_runner_tags", "build_runner_tags"),
+    ("build_check_runner_tags", "deploy_runner_tags"),
+    ("build_runner_tags", "deploy_runner_tags"),
+    ("deploy_runner_tags", "build_runner_tags"),
+)
+
+
+def runner_tag_conflicts(build: tuple[str, ...], check: tuple[str, ...], deploy: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(job role, runner role) pairs where every runner of the second role would take the first's job.
+
+    A runner takes every job whose tags are a subset of its own (gitlab-org/gitlab-ce#47387), so a
+    job's non-empty tags that are a subset of the other role's tags reach those runners.
+    """
+    tags = dict(zip(RUNNER_TAG_ROLES, (build, check, deploy), strict=True))
+    return [(job, runner) for job, runner in _KEPT_APART if tags[job] and set(tags[job]) <= set(tags[runner])]
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Installation-specific, non-secret inputs of the app project's pipeline."""
@@ -157,6 +180,9 @@ class PipelineSpec:
     # Runner tags for the merge-request build check, which runs unreviewed code: never the build
     # job's (a runner takes every job whose tags are a subset of its own); empty: untagged.
     build_check_runner_tags: tuple[str, ...] = ()
+    # Runner tags for update-manifest, which holds the deploy credentials: runners that run no
+    # build; empty: untagged (then shared with build-check unless that has tags of its own).
+    deploy_runner_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.merge_request_via not in MERGE_REQUEST_VIA:
@@ -188,13 +214,11 @@ class PipelineSpec:
             raise ValueError(f"manifest_ssh_url is not an SSH URL: {self.manifest_ssh_url!r}")
         if not self.bot_name.strip() or "@" not in self.bot_email:
             raise ValueError("bot_name and bot_email must identify the committer")
-        for name in ("build_runner_tags", "build_check_runner_tags"):
+        for name in RUNNER_TAG_ROLES:
             if any(not isinstance(tag, str) or not tag.strip() for tag in getattr(self, name)):
                 raise ValueError(f"{name} must be non-empty strings")
-        if self.build_check_runner_tags and set(self.build_check_runner_tags) <= set(self.build_runner_tags):
-            raise ValueError(
-                "build_check_runner_tags must not be a subset of build_runner_tags: a build runner would take the check"
-            )
+        for job, runner in runner_tag_conflicts(self.build_runner_tags, self.build_check_runner_tags, self.deploy_runner_tags):
+            raise ValueError(f"{job} must not be a subset of {runner}: those runners would take that job")
         if self.network_retries < 1 or self.retry_delay_seconds < 0:
             raise ValueError("network_retries must be >= 1 and retry_delay_seconds >= 0")
         # It is spliced into a JSON document inside a printf format string.
@@ -341,9 +365,15 @@ def _clone_app_history() -> list[str]:
     # checkout may hold a `.git/config` or hooks that a build left there, and git runs those. Bare,
     # one branch, no tags: a commit rewritten away but still tagged is not history.
     return [
-        "set --",
+        # The job token as the credential, from the environment when git asks: with the runner's
+        # FF_GIT_URLS_WITHOUT_TOKENS, CI_REPOSITORY_URL carries none, and under GIT_STRATEGY none
+        # the runner sets up no helper (gitlab-runner !6729). Any other helper is cleared first.
+        (
+            'set -- -c credential.helper= -c "credential.helper=!f() { echo username=gitlab-ci-token;'
+            ' echo \\"password=\\$CI_JOB_TOKEN\\"; }; f"'
+        ),
         # A self-managed GitLab with its own CA: the runner hands the job that CA as a file.
-        'if [ -n "${CI_SERVER_TLS_CA_FILE:-}" ]; then set -- -c "http.sslCAInfo=$CI_SERVER_TLS_CA_FILE"; fi',
+        'if [ -n "${CI_SERVER_TLS_CA_FILE:-}" ]; then set -- "$@" -c "http.sslCAInfo=$CI_SERVER_TLS_CA_FILE"; fi',
         'APP_GIT="$WORK_DIR/app.git"',
         (
             'retry git "$@" clone --quiet --bare --single-branch --no-tags --branch "$CI_DEFAULT_BRANCH"'
@@ -374,6 +404,11 @@ def _newer_than() -> str:
     )
     return (
         'newer_than() { if [ -z "$1" ]; then return 0; fi; '
+        # Only a full commit id, never a revision expression such as `main` or `:/text`.
+        'case "$1" in *[!0-9a-f]*) RECORDED=bad;; *) RECORDED="$1";; esac; '
+        'if [ "$RECORDED" = bad ] || { [ "${#1}" -ne 40 ] && [ "${#1}" -ne 64 ]; }; then '
+        "echo \"$2 records app commit \\\"$(printf '%s' \"$1\" | tr -c '[:alnum:]._-' '?' | head -c 80)\\\","
+        f' which is not a commit id; {unrelated}" >&2; exit 1; fi; '
         'if [ "$1" = "$CI_COMMIT_SHA" ]; then echo "$2 already carries $CI_COMMIT_SHA"; return 1; fi; '
         'if ! git --git-dir "$APP_GIT" cat-file -e "$1^{commit}" 2>/dev/null'
         ' || ! git --git-dir "$APP_GIT" merge-base --is-ancestor "$1" "$APP_HEAD"; then '
@@ -513,7 +548,9 @@ def _api_lines() -> list[str]:
     return [
         'printf \'PRIVATE-TOKEN: %s\\n\' "$GITLAB_PRIVATE_TOKEN" > "$WORK_DIR/headers"',
         (
-            "mr_api() { curl --silent --show-error --max-time 60 --retry 3 --retry-delay 2"
+            # A self-managed GitLab with its own CA: the runner hands the job that CA as a file.
+            'mr_api() { if [ -n "${CI_SERVER_TLS_CA_FILE:-}" ]; then set -- --cacert "$CI_SERVER_TLS_CA_FILE" "$@"; fi;'
+            " curl --silent --show-error --max-time 60 --retry 3 --retry-delay 2"
             ' --header @"$WORK_DIR/headers" --output "$WORK_DIR/response" --write-out \'%{http_code}\' "$@"'
             # curl writes 000 itself when it reaches no server.
             " || true; }"
@@ -707,6 +744,8 @@ def pipeline_document(spec: PipelineSpec) -> dict[str, Any]:
             "retry": _runner_retry(),
             "before_script": update_manifest_before_script(spec),
             "script": update_manifest_script(spec),
+            # Runners that run no build (deployRunnerTags, README "Security model").
+            **runner_tags(spec.deploy_runner_tags),
         },
         JOB_BUILD_CHECK: {
             "stage": STAGE_BUILD,

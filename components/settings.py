@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from components import manifest_source
 from components.notifications import DEPLOY_STATUS_MODES, DEPLOY_STATUS_TOKEN
-from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA
+from components.pipeline import CACHE_OFF, MERGE_REQUEST_VIA, RUNNER_TAG_ROLES, runner_tag_conflicts
 from components.rollouts import DELIVERY_STRATEGIES, ROLLOUTS_NAMESPACE, ROLLOUTS_URL, STRATEGY_ROLLING
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
@@ -242,6 +242,14 @@ KEYS: tuple[Key, ...] = (
         default=[],
     ),
     Key(
+        "deployRunnerTags",
+        "array",
+        "Runner tags for update-manifest, which holds the deploy key: protected runners that run no build."
+        " Empty: any runner that takes untagged jobs.",
+        '["gitops-deploy"]',
+        default=[],
+    ),
+    Key(
         "buildCheckRunnerTags",
         "array",
         "Runner tags for the merge-request build check, which runs unreviewed code; never the build runners'."
@@ -407,6 +415,7 @@ class AppSettings:
     merge_request_via: str = "push-options"
     build_runner_tags: tuple[str, ...] = ()
     build_check_runner_tags: tuple[str, ...] = ()
+    deploy_runner_tags: tuple[str, ...] = ()
     # True for the app of a single-app stack (and an `apps` entry that keeps those names): its
     # resources, branches, titles and token names are the ones a single-app stack has always had.
     single_app_names: bool = True
@@ -615,12 +624,13 @@ APP_FIELDS: dict[str, str] = {
     "mergeRequestVia": "mergeRequestVia",
     "buildRunnerTags": "buildRunnerTags",
     "buildCheckRunnerTags": "buildCheckRunnerTags",
+    "deployRunnerTags": "deployRunnerTags",
 }
 APP_FIELDS_BY_KEY: dict[str, str] = {key: field for field, key in APP_FIELDS.items()}
 # An `apps` entry that takes over a single-app stack's resources without renaming any of them.
 KEEP_NAMES_FIELD = "keepSingleAppNames"
 # Stack-wide keys an `apps` entry may override; the other fields replace single-app keys.
-APP_INHERITED_KEYS = ("mergeRequestVia", "buildRunnerTags", "buildCheckRunnerTags")
+APP_INHERITED_KEYS = ("mergeRequestVia", "buildRunnerTags", "buildCheckRunnerTags", "deployRunnerTags")
 SINGLE_APP_KEYS = tuple(key for key in APP_FIELDS.values() if key not in APP_INHERITED_KEYS)
 APPS_EXAMPLE = '[{"name": "orders", "namespace": "orders"}]'
 
@@ -694,17 +704,19 @@ def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: s
     r.check("mergeRequestVia", via, lambda v: v in MERGE_REQUEST_VIA, f"must be one of {', '.join(MERGE_REQUEST_VIA)}")
     runner_tags = r.lines("buildRunnerTags")
     check_tags = r.lines("buildCheckRunnerTags")
-    for key, tags in (("buildRunnerTags", runner_tags), ("buildCheckRunnerTags", check_tags)):
+    deploy_tags = r.lines("deployRunnerTags")
+    role_keys = dict(zip(RUNNER_TAG_ROLES, ("buildRunnerTags", "buildCheckRunnerTags", "deployRunnerTags"), strict=True))
+    for role, tags in zip(RUNNER_TAG_ROLES, (runner_tags, check_tags, deploy_tags), strict=True):
         for tag in tags:
             if len(tag) > 255 or "," in tag:
-                r.bad(key, f"has a tag GitLab cannot hold: {tag[:40]!r}")
-    if check_tags and set(check_tags) <= set(runner_tags):
+                r.bad(role_keys[role], f"has a tag GitLab cannot hold: {tag[:40]!r}")
+    for job, runner in runner_tag_conflicts(runner_tags, check_tags, deploy_tags):
         # A runner takes every job whose tags are a subset of its own (gitlab-org/gitlab-ce#47387).
         r.bad(
-            "buildCheckRunnerTags",
-            "must not be a subset of buildRunnerTags: every build runner could then take a merge request's"
-            " unreviewed build, and the next trusted build runs on what it left behind",
-            '["buildkit-untrusted"]',
+            role_keys[job],
+            f"must not be a subset of {role_keys[runner]}: every one of those runners could then take this job"
+            " (unreviewed code, builds and the deploy key must not share a runner host)",
+            '["buildkit-untrusted"]' if job == "build_check_runner_tags" else '["gitops-deploy"]',
         )
 
     user, organization = owner.user, owner.organization
@@ -751,6 +763,7 @@ def _parse_app(r: _Reader, owner: _Owner, single_app_names: bool, config_path: s
         merge_request_via=via,
         build_runner_tags=runner_tags,
         build_check_runner_tags=check_tags,
+        deploy_runner_tags=deploy_tags,
         single_app_names=single_app_names,
         config_path=config_path,
     )

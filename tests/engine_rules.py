@@ -134,8 +134,10 @@ Path = tuple[str, ...]
 UNCHANGED, UPDATED, REPLACED, CREATED, DELETED = "unchanged", "updated", "replaced", "created", "deleted"
 # A resource the program no longer registers whose *stored* state says retainOnDelete: the engine
 # drops it from state and calls no provider Delete (pulumi/pulumi pkg/resource/deploy/step.go,
-# DeleteStep.Apply checks `s.old.RetainOnDelete`; Pulumi docs, "retainOnDelete": the flag in
-# state decides, so it must be stored by one `up` before the resource is dropped in a later one).
+# DeleteStep.Apply: `else if s.old.RetainOnDelete { // ... a no-op }`). The flag in state decides,
+# so it must be stored by one `up` before the resource is dropped in a later one; an `up` whose
+# only change is the flag stores it (step_generator.go builds the new state's RetainOnDelete from
+# the program's goal, and backend/snapshot.go sameSnapshotMutation.mustWrite writes on that change).
 RETAINED = "retained"
 
 
@@ -469,12 +471,13 @@ def create_collisions(records: Iterable[Mapping[str, Any]], existing: set[GitLab
 
 # --- Refresh ---------------------------------------------------------------------------------
 # `pulumi refresh` (and `up --refresh`) reads every custom resource of the state; where the
-# provider's Read finds no object it returns no outputs and the engine removes the resource from
-# the state (pulumi/pulumi pkg/resource/deploy/step.go, RefreshStep.Apply: a nil result from Read
-# means the resource was deleted). pulumi-kubernetes' Read answers a 404 that way
-# (provider/pkg/provider/provider.go, Read: `errors.IsNotFound` returns an empty ReadResponse), and
-# so does the Terraform bridge when the Terraform Read clears the id (terraform-provider-gitlab's
-# Read does on a 404). Providers and components are not read.
+# provider's Read answers an empty ID the engine removes the resource from the state
+# (pulumi/pulumi pkg/resource/deploy/step.go, RefreshStep.Apply: "If the ID is blank treat this as
+# a delete"; deployment_executor.go rebuildBaseState strips it). pulumi-kubernetes' Read answers a
+# 404 that way, and an object whose CRD is gone too (provider/pkg/provider/provider.go, Read:
+# `statusErr.ErrStatus.Code == 404` returns `deleteResponse`, `ReadResponse{Id: ""}`); the Terraform
+# bridge does when the Terraform Read clears the id, as terraform-provider-gitlab's do on a 404.
+# Providers and components are not read.
 def refreshed(records: Iterable[Mapping[str, Any]], gone: Any) -> list[Mapping[str, Any]]:
     """The state after a refresh that finds every custom resource for which ``gone(record)`` holds deleted."""
     return [r for r in records if not (r["custom"] and not r["type"].startswith("pulumi:providers:") and gone(r))]

@@ -118,9 +118,11 @@ class GitLabWorld:
         # GET /runners answers instead where it may see none (a non-administrator on /runners/all).
         self.runners: list[dict[str, Any]] = [dict(r) for r in world.get("runners", [])]
         self.runners_error = str(world.get("runners_error", ""))
+        # The provider lists runners with GET /runners/all, which answers administrators only.
+        self.admin = bool(world.get("admin", False))
 
     def list_runners(self, tags: list[str]) -> list[dict[str, Any]]:
-        """GET /runners?tag_list=…: the visible runners carrying every tag asked for, without their access level."""
+        """GET /runners/all?tag_list=…: the runners carrying every tag asked for, without their access level."""
         return [
             {
                 "id": int(r["id"]),
@@ -303,6 +305,8 @@ class Mocks(pulumi_mocks.Mocks):
                 return {}, [("filePath", f"GET {url}: 404 {{message: 404 File Not Found}}")]
             return found, []
         if args.token == "gitlab:index/getRunners:getRunners":
+            if not self.world.admin:
+                return {}, [("tagLists", f"GET https://{GITLAB_HOST}/api/v4/runners/all: 403 {{message: 403 Forbidden}}")]
             if self.world.runners_error:
                 return {}, [("tagLists", self.world.runners_error)]
             tags = list(args.args.get("tagLists") or [])

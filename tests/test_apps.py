@@ -453,10 +453,22 @@ def live_world(run: Run) -> dict[str, Any]:
             "files": [
                 f["inputs"]["filePath"] for f in files if f["inputs"]["project"] == r["id"] and f["inputs"]["branch"] == "main"
             ],
+            "protected_branches": [
+                {"name": "main", "push": pushers(p), "merge": ["maintainer"]}
+                for p in run.of_type("branchProtection:BranchProtection")
+                if p["inputs"]["project"] == r["id"] and p["inputs"]["branch"] == "main"
+            ]
+            or [{"name": "main", "push": ["maintainer"], "merge": ["maintainer"]}],
         }
         for r in run.of_type("gitlab:index/project:Project")
     ]
     return {"projects": projects}
+
+
+def pushers(protection: dict[str, Any]) -> list[str]:
+    """Who may push under a registered BranchProtection, on either edition."""
+    inputs = protection["inputs"]
+    return [a["accessLevel"] for a in inputs.get("allowedToPushes") or []] or [inputs.get("pushAccessLevel", "maintainer")]
 
 
 def test_adding_a_fourth_app_adds_only_its_resources(teams: Run, program: Callable[..., Run]) -> None:

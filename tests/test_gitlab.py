@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 
 import yaml
@@ -332,44 +333,74 @@ BUILD_RUNNERS = [
     {"id": 12, "description": "buildkit-open", "tags": ["buildkit"], "access_level": "not_protected"},
     {"id": 13, "description": "buildkit-untagged", "tags": ["buildkit"], "access_level": "ref_protected", "untagged": True},
     {"id": 14, "description": "other", "tags": ["linux"], "access_level": "not_protected", "untagged": True},
+    {"id": 15, "description": "deploy", "tags": ["gitops-deploy"], "access_level": "ref_protected"},
+    {"id": 16, "description": "both", "tags": ["buildkit", "gitops-deploy"], "access_level": "ref_protected"},
 ]
+ADMIN = {"admin": True, "runners": BUILD_RUNNERS}
 
 
 def runner_warnings_in(run: Run) -> list[str]:
-    return [line for line in run.report["stderr"].splitlines() if "runner" in line and "tagged buildkit" in line]
+    return [line for line in run.report["stderr"].splitlines() if re.search(r"runner \d+ \(", line)]
 
 
-def test_preview_warns_about_build_runners_that_are_not_protected(program: Callable[..., Run]) -> None:
-    run = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS})
+def runner_reads(run: Run) -> list[str]:
+    return sorted(r["id"] for r in run.report["reads"] if r["type"] == "gitlab:index/userRunner:UserRunner")
+
+
+def test_preview_warns_about_build_and_deploy_runners_that_share_a_host(program: Callable[..., Run]) -> None:
+    tags = {"buildRunnerTags": '["buildkit"]', "deployRunnerTags": '["gitops-deploy"]'}
+    run = program(tags, preview=True, gitlab=ADMIN)
     assert run.error is None, run.error
-    # Each runner that can take the build job is read for its access level; the others are not.
-    assert sorted(r["id"] for r in run.report["reads"] if r["type"] == "gitlab:index/userRunner:UserRunner") == ["11", "12", "13"]
+    # Each runner that can take the build or the deploy job is read once, whichever tags found it.
+    assert runner_reads(run) == ["11", "12", "13", "15", "16"]
     warnings = runner_warnings_in(run)
-    assert len(warnings) == 2, warnings
-    assert any("runner 12 (buildkit-open)" in w and "is not protected" in w for w in warnings)
-    assert any("runner 13 (buildkit-untagged)" in w and "takes untagged jobs" in w for w in warnings)
-    assert not any("runner 11" in w or "runner 14" in w for w in warnings)
+    assert len(warnings) == 3, warnings
+    assert any("runner 12 (buildkit-open), a build runner, is not protected" in w for w in warnings)
+    assert any("runner 13 (buildkit-untagged), a build runner, takes untagged jobs" in w for w in warnings)
+    assert any("runner 16 (both), a build and deploy runner, takes both the build job and update-manifest" in w for w in warnings)
     # `pulumi up` keeps no read of them in state, and an honest setup gets no warning.
-    up = program({"buildRunnerTags": '["buildkit"]'}, gitlab={"runners": BUILD_RUNNERS})
-    assert not any(r["type"] == "gitlab:index/userRunner:UserRunner" for r in up.report["reads"])
-    assert runner_warnings_in(up) == []
-    honest = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS[:1]})
-    assert runner_warnings_in(honest) == []
-    assert "cannot tell" not in honest.report["stderr"]
-    # None visible (an instance runner, listed for administrators only): what to check by hand.
-    unseen = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS[3:]})
-    assert "cannot tell whether the runners tagged buildkit are protected (this token sees no runner" in unseen.report["stderr"]
+    up = program(tags, gitlab=ADMIN)
+    assert runner_reads(up) == [] and runner_warnings_in(up) == []
+    honest = program(tags, preview=True, gitlab={"admin": True, "runners": [BUILD_RUNNERS[0], BUILD_RUNNERS[4]]})
+    assert runner_warnings_in(honest) == [] and "cannot tell" not in honest.report["stderr"]
+    # Tags no runner carries: what to check by hand.
+    unseen = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"admin": True, "runners": BUILD_RUNNERS[3:4]})
+    assert (
+        "cannot tell whether the runners tagged buildkit are protected (no runner carries these tags)" in unseen.report["stderr"]
+    )
 
 
 def test_preview_says_what_to_check_when_the_token_cannot_list_runners(program: Callable[..., Run], dev: Run) -> None:
-    run = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners_error": "403 Forbidden"})
+    # Not an administrator: GET /runners/all answers 403.
+    run = program({"buildRunnerTags": '["buildkit"]'}, preview=True, gitlab={"runners": BUILD_RUNNERS})
     assert run.error is None, run.error
-    assert any(
-        "cannot tell whether the runners tagged buildkit are protected (" in line for line in run.report["stderr"].splitlines()
-    )
-    # Without buildRunnerTags nothing is asked.
-    plain = program(preview=True, gitlab={"runners_error": "403 Forbidden"})
+    assert "cannot tell whether the runners tagged buildkit are protected (" in run.report["stderr"]
+    assert "403" in run.report["stderr"] and runner_reads(run) == []
+    # Without runner tags nothing is asked.
+    plain = program(preview=True)
     assert not any(i["token"] == "gitlab:index/getRunners:getRunners" for i in plain.report["invokes"])
+
+
+def test_a_self_managed_stack_is_told_when_unreviewed_builds_and_the_deploy_job_share_runners(
+    program: Callable[..., Run],
+) -> None:
+    self_managed = {"gitlab:baseUrl": "https://gitlab.example.com/api/v4"}
+    shared = program(self_managed, preview=True)
+    assert "webapp: merge requests' build-check" in shared.report["stderr"]
+    for apart in ({"deployRunnerTags": '["gitops-deploy"]'}, {"buildCheckRunnerTags": '["untrusted"]'}):
+        run = program({**self_managed, **apart}, preview=True)
+        assert "merge requests' build-check (unreviewed" not in run.report["stderr"], apart
+    # gitlab.com's hosted runners give every job a new VM.
+    assert "merge requests' build-check (unreviewed" not in program(preview=True).report["stderr"]
+
+
+def test_deploy_runner_tags_reach_only_the_deploy_job(program: Callable[..., Run]) -> None:
+    run = program({"deployRunnerTags": '["gitops-deploy"]'})
+    document = yaml.safe_load(run.named("pipeline-file")["inputs"]["content"])
+    assert document["update-manifest"]["tags"] == ["gitops-deploy"]
+    assert "tags" not in document["build-image"] and "tags" not in document["build-check"]
+    refused = program({"buildRunnerTags": '["buildkit"]', "deployRunnerTags": '["buildkit", "deploy"]'})
+    assert refused.error is not None and "buildRunnerTags: must not be a subset of deployRunnerTags" in refused.error["message"]
 
 
 def starter_files(run: Run) -> dict[str, dict]:

@@ -267,3 +267,22 @@ def test_an_argocd_patch_release_with_its_digest_replaces_no_crd_and_deletes_no_
     assert crd.action == UPDATED
     application = next(c for c in changes.values() if c.name == "application")
     assert application.action == UNCHANGED
+
+
+def test_a_first_up_that_stopped_before_the_lock_completes_the_chart_on_the_next(dev: Run, program: Callable[..., Run]) -> None:
+    # The first `up` committed Chart.yaml, then failed before the other files and the lock.
+    world = live_world(dev)
+    manifest = next(p for p in world["projects"] if p["path_with_namespace"].endswith("/gitops-demo-chart"))
+    manifest["files"] = ["Chart.yaml"]
+    manifest["protected_branches"] = [{"name": "main", "push": ["maintainer"], "merge": ["maintainer"]}]
+    again = program(gitlab=world)
+    assert again.error is None, again.error
+    chart = [r for r in again.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")]
+    # Registered again, on the default branch itself (not yet locked, so no seed branch), and the lock follows.
+    assert {r["name"] for r in chart} == {r["name"] for r in dev.resources if r["name"].startswith("chart/")}
+    assert {r["inputs"]["branch"] for r in chart} == {"main"}
+    changes = diff_runs(dev.resources, again.resources)
+    assert by_action(changes, CREATED) == set() and by_action(changes, DELETED) == set() and by_action(changes, RETAINED) == set()
+    # Once locked, the same chart is let go.
+    locked = program(gitlab=live_world(dev))
+    assert not [r for r in locked.of_type("repositoryFile:RepositoryFile") if r["name"].startswith("chart/")]

@@ -1338,6 +1338,11 @@ def test_build_runner_tags_go_to_the_trusted_build_only() -> None:
     # A runner takes every job whose tags are a subset of its own.
     with pytest.raises(ValueError, match="subset"):
         make_spec(build_runner_tags=("buildkit", "privileged"), build_check_runner_tags=("buildkit",))
+    deploy = yaml.safe_load(render_pipeline(make_spec(build_runner_tags=("buildkit",), deploy_runner_tags=("gitops-deploy",))))
+    assert deploy[JOB_UPDATE_MANIFEST]["tags"] == ["gitops-deploy"] and "tags" not in deploy[JOB_BUILD_CHECK]
+    for build, check, deploy_tags in (((), ("d",), ("d", "x")), (("b",), (), ("b", "d")), (("b", "d"), (), ("d",))):
+        with pytest.raises(ValueError, match="subset"):
+            make_spec(build_runner_tags=build, build_check_runner_tags=check, deploy_runner_tags=deploy_tags)
 
 
 # --------------------------------------------------------------------------- gitlab-ci-local runs

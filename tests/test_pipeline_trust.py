@@ -202,6 +202,12 @@ def test_a_deployed_commit_rewritten_away_but_still_tagged_stops_the_job(
     assert bot_branches(manifest) == set() and mr_api.requests == []
 
 
+def rewrite(app: AppRepo, base: str) -> str:
+    """Force-push main back to ``base`` and one new commit on top, as a history rewrite does; the new commit."""
+    git("reset", "-q", "--hard", base, cwd=app.path)
+    return app.commit("after")
+
+
 def test_a_proposal_from_rewritten_history_stops_the_job(
     tmp_path: Path, runner_factory: Any, mr_api: FakeMergeRequestApi
 ) -> None:
@@ -212,9 +218,7 @@ def test_a_proposal_from_rewritten_history_stops_the_job(
     assert runner_factory(manifest, app, gone).deliver().returncode == 0
     proposed = refs(manifest.bare)
     # main is force-pushed without `gone`; the next pipeline finds the deploy branch proposing it.
-    git("reset", "-q", "--hard", base, cwd=app.path)
-    after = app.commit("after")
-    run = runner_factory(manifest, app, after).deliver()
+    run = runner_factory(manifest, app, rewrite(app, base)).deliver()
     assert run.returncode == 1
     assert f"{DEPLOY_BRANCH} carries app commit {gone}, which is not in the default branch history" in run.stderr
     assert f"on {DEPLOY_BRANCH}, delete the branch" in run.stderr
@@ -230,8 +234,7 @@ def test_a_pipeline_whose_commit_was_rewritten_away_proposes_nothing(
     manifest = seed_manifest(tmp_path)
     # The pipeline for `gone` starts; main is force-pushed without it before its deploy job runs.
     runner = runner_factory(manifest, app, gone)
-    git("reset", "-q", "--hard", base, cwd=app.path)
-    app.commit("after")
+    rewrite(app, base)
     run = runner.deliver()
     assert run.returncode == 1
     assert f"{gone} is no longer on main" in run.stderr
