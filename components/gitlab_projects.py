@@ -56,7 +56,7 @@ def _adopted(path: str) -> ProjectRecord:
     return _record(found, protected)
 
 
-def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str = "dev") -> HostFacts:
+def read_host(args: GitLabSettings, apps: tuple[AppSettings, ...], stack: str) -> HostFacts:
     """Ask GitLab, before anything is registered, for its edition and the projects this stack names.
 
     Plain invokes: they run in `pulumi preview` too, so a path blocked by an archived
