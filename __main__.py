@@ -88,14 +88,9 @@ class GitLabInstance:
     base_url: str | None
     cacert_file: str | None
     insecure: bool | None
-    # The PEM bundle cacert_file holds, which Argo CD must trust for the same host.
-    ca_bundle: str | None = None
-
-    def tls_certs(self) -> tuple[tuple[str, str], ...]:
-        """The argocd-tls-certs-cm entry for this instance's own CA, if it has one."""
-        if self.ca_bundle is None:
-            return ()
-        return ((tls_certs_key(gitlab_api_url(self.base_url)), self.ca_bundle),)
+    # The argocd-tls-certs-cm entry (host, PEM bundle) for the CA cacert_file holds, which Argo CD
+    # must trust for the same host; empty without one.
+    tls_certs: tuple[tuple[str, str], ...] = ()
 
 
 def read_gitlab_instance() -> GitLabInstance:
@@ -103,13 +98,10 @@ def read_gitlab_instance() -> GitLabInstance:
     config = pulumi.Config("gitlab")
     base_url, cacert_file = config.get("baseUrl"), config.get("cacertFile")
     try:
-        instance = GitLabInstance(
-            base_url, cacert_file, config.get_bool("insecure"), read_ca_bundle(cacert_file) if cacert_file else None
-        )
-        instance.tls_certs()
+        tls_certs = ((tls_certs_key(gitlab_api_url(base_url)), read_ca_bundle(cacert_file)),) if cacert_file else ()
     except CaError as exc:
         raise pulumi.RunError(str(SettingsError([exc.problem]))) from None
-    return instance
+    return GitLabInstance(base_url, cacert_file, config.get_bool("insecure"), tls_certs)
 
 
 def read_gitlab(settings: Settings, instance: GitLabInstance) -> HostFacts:
@@ -267,7 +259,7 @@ argocd = ArgoCd(
                 extra_known_hosts=settings.gitlab.ssh_known_hosts,
                 notifications=tuple(notifications_config(feedback.spec).items()),
                 # Deploy feedback (and any HTTPS Git) verifies a self-managed GitLab by its own CA.
-                tls_certs=gitlab_instance.tls_certs(),
+                tls_certs=gitlab_instance.tls_certs,
             ),
         ),
         read_admin_password=argocd_settings.read_admin_password,

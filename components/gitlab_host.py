@@ -81,8 +81,8 @@ class HostFacts:
     version: tuple[int, int] = (0, 0)
     # Pipeline branches already in a manifest project for an app whose app project this run
     # creates (so no earlier run of this stack holds them): by the manifest project's config key,
-    # "<branch> in <project path>". An earlier release's `pulumi destroy` left them behind.
-    leftover_pipeline_branches: Mapping[str, str] = field(default_factory=dict)
+    # (branch, project path). An earlier release's `pulumi destroy` left them behind.
+    leftover_pipeline_branches: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 # Push protection for container repositories is in every tier from GitLab 17.8 (its API,
@@ -239,8 +239,7 @@ def host_problems(facts: HostFacts, gitlab: GitLabSettings, base_url: str | None
                 f"{path}-2",
             )
         )
-    for key, where in facts.leftover_pipeline_branches.items():
-        branch, _, path = where.partition(" in ")
+    for key, (branch, path) in facts.leftover_pipeline_branches.items():
         problems.append(
             Problem(
                 key,
@@ -338,13 +337,13 @@ def _app_warnings(app: ProjectRecord) -> list[str]:
 
 @dataclass(frozen=True)
 class RunnerRecord:
-    """A runner that can take the build job, as GET /runners/:id describes it."""
+    """A runner that can take the build or the deploy job, as GET /runners/:id describes it."""
 
     id: str
     description: str
     # "ref_protected": only jobs of protected branches and tags; "not_protected": any job.
     access_level: str
-    # Whether it also takes jobs with no tags (update-manifest, and build-check by default).
+    # Whether it also takes jobs with no tags (build-check and update-manifest, by default).
     untagged: bool
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,29 @@ from components.gitlab_host import (
 from components.settings import AppSettings, GitLabSettings, ProjectSettings
 
 
+def _branch_rule(protected: Any, branch: str) -> Any:
+    """The protection rule of ``branch`` among a project's protected branches, or None."""
+    return next((b for b in protected or [] if b.name == branch), None)
+
+
+def _found(lookup: Callable[[], Any], not_found: str) -> bool:
+    """Whether a data-source look-up finds its object; GitLab's 404 (``not_found``) means absent.
+
+    Any other failure stops the program: a guess would commit to a branch nobody needs, or miss
+    one that is in the way.
+    """
+    try:
+        lookup()
+    except Exception as exc:
+        if not_found not in str(exc):
+            raise
+        return False
+    return True
+
+
 def _record(found: Any, protected: Any = None) -> ProjectRecord:
     branch = found.default_branch or ""
-    rule = next((b for b in protected or [] if b.name == branch), None)
+    rule = _branch_rule(protected, branch)
     return ProjectRecord(
         id=str(found.id),
         path_with_namespace=found.path_with_namespace,
@@ -128,8 +149,7 @@ def _locked_manifests(apps: tuple[AppSettings, ...], live_ids: dict[str, str], b
         if project_id is None:
             continue
         if project_id not in asked:
-            rules = gitlab.get_project_protected_branches(project_id=project_id).protected_branches or []
-            rule = next((r for r in rules if r.name == branch), None)
+            rule = _branch_rule(gitlab.get_project_protected_branches(project_id=project_id).protected_branches, branch)
             pushers = {a.access_level for a in (rule.push_access_levels or [])} if rule else set()
             asked[project_id] = pushers == {"no one"}
         if asked[project_id]:
@@ -142,8 +162,7 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
 
     The data source fails on a missing file (terraform-provider-gitlab
     data_source_gitlab_repository_file.go returns go-gitlab's `GetFile` error, whose text ends in
-    `404 {message: 404 File Not Found}`). Any other failure stops the program: a guess would
-    commit the chart to a branch nobody needs.
+    `404 {message: 404 File Not Found}`).
     """
     present: set[str] = set()
     for app in apps:
@@ -151,13 +170,9 @@ def _charts_present(apps: tuple[AppSettings, ...], live_ids: dict[str, str], bra
         project_id = live_ids.get(app.key("manifestProject"))
         if project_id is None:
             continue
-        try:
-            gitlab.get_repository_file(project=project_id, file_path=chart_file(app), ref=branch)
-        except Exception as exc:
-            if FILE_NOT_FOUND not in str(exc):
-                raise
-            continue
-        present.add(app.key("chartPath"))
+        lookup = functools.partial(gitlab.get_repository_file, project=project_id, file_path=chart_file(app), ref=branch)
+        if _found(lookup, FILE_NOT_FOUND):
+            present.add(app.key("chartPath"))
     return frozenset(present)
 
 
@@ -171,14 +186,14 @@ def _leftover_pipeline_branches(
     stack: str,
     live: dict[str, tuple[str, ...]],
     existing: dict[str, tuple[str, str]],
-) -> dict[str, str]:
-    """Pipeline branches that exist already where this run would create them.
+) -> dict[str, tuple[str, str]]:
+    """Pipeline branches that exist already where this run would create them: (branch, project path).
 
     Asked only for an app whose app project is created by this run (not live yet), so no earlier
     run of the stack holds its pipeline branch, on a manifest project that exists already.
     Since this release destroy deletes the branch; earlier releases kept it.
     """
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str]] = {}
     for app in apps:
         if app.app_project.adopted or app.key("appProject") in live:
             continue
@@ -187,13 +202,8 @@ def _leftover_pipeline_branches(
             continue
         project_id, path = existing[manifest_key]
         branch = pipeline_branch(stack, app_names(app).suffix)
-        try:
-            gitlab.get_branch(name=branch, project=project_id)
-        except Exception as exc:
-            if BRANCH_NOT_FOUND not in str(exc):
-                raise
-            continue
-        found[manifest_key] = f"{branch} in {path}"
+        if _found(functools.partial(gitlab.get_branch, name=branch, project=project_id), BRANCH_NOT_FOUND):
+            found[manifest_key] = (branch, path)
     return found
 
 

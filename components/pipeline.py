@@ -244,15 +244,18 @@ def _check_tag() -> str:
     return 'case "$IMAGE_TAG" in ""|*[!A-Za-z0-9_.-]*) echo "IMAGE_TAG is not a valid image tag: $IMAGE_TAG" >&2; exit 1;; esac'
 
 
+def _digest_checks(on_bad: str) -> str:
+    # IMAGE_DIGEST must be `sha256:` and 64 lowercase hex digits; ``on_bad`` runs (and exits) otherwise.
+    return (
+        'case "$IMAGE_DIGEST" in sha256:*) DIGEST_HEX="${IMAGE_DIGEST#sha256:}";; *) DIGEST_HEX=x;; esac; '
+        'case "$DIGEST_HEX" in *[!0-9a-f]*) DIGEST_HEX=x;; esac; '
+        f'if [ "${{#DIGEST_HEX}}" -ne 64 ]; then {on_bad}; fi'
+    )
+
+
 def _check_digest() -> str:
     # The digest the build job read from BuildKit's metadata file; the chart deploys exactly this.
-    return (
-        'case "$IMAGE_DIGEST" in sha256:*) ;; *) echo "IMAGE_DIGEST is missing or not a sha256 digest:'
-        ' \\"$IMAGE_DIGEST\\"" >&2; exit 1;; esac; '
-        'case "${IMAGE_DIGEST#sha256:}" in *[!0-9a-f]*) '
-        'echo "IMAGE_DIGEST is not hexadecimal: $IMAGE_DIGEST" >&2; exit 1;; esac; '
-        'if [ "${#IMAGE_DIGEST}" -ne 71 ]; then echo "IMAGE_DIGEST has the wrong length: $IMAGE_DIGEST" >&2; exit 1; fi'
-    )
+    return _digest_checks('echo "IMAGE_DIGEST is missing or not a sha256 digest: \\"$IMAGE_DIGEST\\"" >&2; exit 1')
 
 
 def _read_digest() -> str:
@@ -262,6 +265,7 @@ def _read_digest() -> str:
     # the project directory, where GitLab puts the artifacts (as the build job writes it).
     where = f"./{DIGEST_FILE}"
     bad = f'echo "{DIGEST_FILE} from {JOB_BUILD}'
+    shown = f"$(head -c {DIGEST_FILE_BYTES} \"{where}\" | tr -c '[:alnum:]:=_.-' '?')"
     return (
         f'if [ -L "{where}" ] || [ ! -f "{where}" ]; then {bad} is missing or not a regular file;'
         ' re-run the pipeline" >&2; exit 1; fi; '
@@ -269,11 +273,7 @@ def _read_digest() -> str:
         f'if [ "$DIGEST_BYTES" != {DIGEST_FILE_BYTES} ]; then {bad} has $DIGEST_BYTES bytes, not {DIGEST_FILE_BYTES}'
         ' (one line: sha256: and 64 hex digits)" >&2; exit 1; fi; '
         f'IMAGE_DIGEST="$(head -n 1 "{where}")"; '
-        'case "$IMAGE_DIGEST" in sha256:*) ;; *) IMAGE_DIGEST=bad;; esac; '
-        'case "${IMAGE_DIGEST#sha256:}" in *[!0-9a-f]*) IMAGE_DIGEST=bad;; esac; '
-        'if [ "${#IMAGE_DIGEST}" -ne 71 ]; then '
-        f"{bad} is not sha256: and 64 hex digits:"
-        f' \\"$(head -c {DIGEST_FILE_BYTES} "{where}" | tr -c \'[:alnum:]:=_.-\' \'?\')\\"" >&2; exit 1; fi'
+        + _digest_checks(f'{bad} is not sha256: and 64 hex digits: \\"{shown}\\"" >&2; exit 1')
     )
 
 

@@ -990,11 +990,17 @@ def _shared_project_problems(apps: list[AppSettings], group: str | None) -> list
     return problems
 
 
-def did_you_mean(name: str, choices: Collection[str]) -> str:
-    """``"; did you mean `x`?"`` for the choice nearest ``name`` (by spelling, any case), or ``""``."""
+def nearest(name: str, choices: Collection[str]) -> str | None:
+    """The choice nearest ``name`` by spelling (any case), or None where none is close."""
     by_lower = {choice.lower(): choice for choice in choices}
     near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
-    return f"; did you mean `{by_lower[near[0]]}`?" if near else ""
+    return by_lower[near[0]] if near else None
+
+
+def did_you_mean(name: str, choices: Collection[str]) -> str:
+    """``"; did you mean `x`?"`` for the choice nearest ``name``, or ``""``."""
+    near = nearest(name, choices)
+    return f"; did you mean `{near}`?" if near else ""
 
 
 def undeclared_problems(keys: Collection[str], project: str) -> list[Problem]:
@@ -1006,9 +1012,14 @@ def undeclared_problems(keys: Collection[str], project: str) -> list[Problem]:
         namespace, _, name = full.partition(":")
         if namespace != project or name in KEYS_BY_NAME:
             continue
-        hint = did_you_mean(name, declared)
-        example = hint.split("`")[1] if hint else "(remove it: `pulumi config rm KEY`)"
-        problems.append(Problem(name, f"is not a setting of this program{hint}", example))
+        near = nearest(name, declared)
+        problems.append(
+            Problem(
+                name,
+                f"is not a setting of this program{f'; did you mean `{near}`?' if near else ''}",
+                near or "(remove it: `pulumi config rm KEY`)",
+            )
+        )
     return problems
 
 
